@@ -1,0 +1,125 @@
+r"""Train and evaluate GRU4Rec from the command line.
+
+    python -m experiments.train                       # built-in synthetic data
+    python -m experiments.train --flagfile=experiments/configs/rsc15_xe.cfg \
+        --train_path=train.tsv --test_path=test.tsv --metrics_out=metrics.json
+
+Flag names follow the reference implementation's parameters. With
+--load_path, a checkpoint is evaluated; adding an explicit --n_epochs larger
+than the checkpoint's epoch resumes its training.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from gru4rec_jax import checkpoint, data, experiment, training
+
+_D = flags.DEFINE_string
+_F = flags.DEFINE_float
+_I = flags.DEFINE_integer
+
+# Data.
+_D("train_path", "", "Training events (TSV with header). Empty: built-in synthetic data.")
+_D("test_path", "", "Test events (TSV). Empty: the synthetic test split, or no evaluation.")
+_D("session_key", "SessionId", "Session id column.")
+_D("item_key", "ItemId", "Item id column.")
+_D("time_key", "Time", "Timestamp column (numeric).")
+_I("synthetic_sessions", 6000, "Sessions of the built-in synthetic data.")
+_I("synthetic_items", 1000, "Items of the built-in synthetic data.")
+_I("synthetic_seed", 0, "Seed of the built-in synthetic data.")
+# Model.
+flags.DEFINE_list("layers", ["100"], "GRU layer sizes, comma-separated.")
+flags.DEFINE_bool("constrained_embedding", True, "Shared input/output item embedding (Wy).")
+_I("embedding", 0, "Separate input embedding size; 0 = none (one-hot input unless constrained).")
+# Loss and sampling.
+flags.DEFINE_enum("loss", "cross-entropy", ["cross-entropy", "bpr-max", "top1-max", "top1", "bpr"], "Loss.")
+flags.DEFINE_enum("final_act", "auto", list(training.FINAL_ACTIVATIONS), "Final activation before the loss.")
+_I("n_sample", 2048, "Extra negative samples per step, shared by the mini-batch.")
+_F("sample_alpha", 0.5, "Sampling probability ~ support ** sample_alpha.")
+_F("bpreg", 1.0, "Score regularisation of BPR-max.")
+_F("elu_param", 0.5, "ELU parameter of the final activation for bpr-max/top1-max; 0 = linear.")
+_F("logq", 0.0, "logQ correction weight (cross-entropy only).")
+# Optimisation.
+_I("batch_size", 64, "Session lanes per mini-batch.")
+_F("dropout_p_embed", 0.0, "Dropout on the input embedding.")
+_F("dropout_p_hidden", 0.0, "Dropout on every GRU layer's output.")
+_F("learning_rate", 0.05, "Adagrad learning rate.")
+_F("momentum", 0.0, "Heavy-ball momentum on the Adagrad step.")
+_I("n_epochs", 10, "Epochs. With --load_path, an explicit value beyond the checkpoint resumes training.")
+_I("seed", 0, "Seed of initialisation, sampling and dropout.")
+_I("chunk_steps", 512, "Time steps per compiled device call.")
+# Evaluation.
+flags.DEFINE_enum("eval_mode", "conservative", ["standard", "conservative", "median"], "Tie rule of the rank.")
+flags.DEFINE_list("cutoffs", ["1", "5", "10", "20"], "Cut-offs K of Recall@K and MRR@K.")
+_I("eval_batch_size", 512, "Session lanes during evaluation.")
+# Checkpoints and outputs.
+_D("save_path", "", "Directory for checkpoints (one per epoch).")
+_D("load_path", "", "Checkpoint directory to evaluate or resume.")
+_D("metrics_out", "", "Write the metrics as JSON to this file.")
+
+FLAGS = flags.FLAGS
+
+
+def _int_list(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in FLAGS[name].value)
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma-separated list of integers, got {','.join(FLAGS[name].value)}") from None
+
+
+def config_from_flags() -> experiment.ExperimentConfig:
+    if FLAGS.constrained_embedding:
+        embedding = "shared"
+    elif FLAGS.embedding > 0:
+        embedding = "separate"
+    else:
+        embedding = "onehot"
+    return experiment.ExperimentConfig(
+        data=experiment.DataConfig(
+            train_path=FLAGS.train_path, test_path=FLAGS.test_path,
+            session_key=FLAGS.session_key, item_key=FLAGS.item_key, time_key=FLAGS.time_key,
+            synthetic_sessions=FLAGS.synthetic_sessions, synthetic_items=FLAGS.synthetic_items,
+            synthetic_seed=FLAGS.synthetic_seed,
+        ),
+        train=training.TrainConfig(
+            loss=FLAGS.loss, batch_size=FLAGS.batch_size,
+            dropout_p_embed=FLAGS.dropout_p_embed, dropout_p_hidden=FLAGS.dropout_p_hidden,
+            learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+            n_sample=FLAGS.n_sample, sample_alpha=FLAGS.sample_alpha, bpreg=FLAGS.bpreg,
+            elu_param=FLAGS.elu_param, logq=FLAGS.logq, final_act=FLAGS.final_act,
+            n_epochs=FLAGS.n_epochs, seed=FLAGS.seed, chunk_steps=FLAGS.chunk_steps,
+        ),
+        eval=experiment.EvalConfig(
+            mode=FLAGS.eval_mode, cutoffs=_int_list("cutoffs"), batch_size=FLAGS.eval_batch_size
+        ),
+        layers=_int_list("layers"),
+        embedding=embedding,
+        embedding_dim=FLAGS.embedding,
+        save_path=FLAGS.save_path,
+        load_path=FLAGS.load_path,
+        resume=bool(FLAGS.load_path) and FLAGS["n_epochs"].present,
+        metrics_out=FLAGS.metrics_out,
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        experiment.run(config_from_flags())
+    except (
+        data.DataError,
+        checkpoint.CheckpointError,
+        training.TrainingError,
+        ValueError,
+        OSError,
+    ) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        sys.exit(f"error: {message}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,107 @@
+"""The session-parallel mini-batch schedule, as static-shape arrays.
+
+B lanes each hold one session; every step each active lane feeds its current
+item and is trained to predict the next one. A lane whose session is exhausted
+takes the next unused session (lowest lane index first when several finish
+together) and has its hidden state zeroed before that session's first step
+(GRU4REC.md section 2). At the end of the data lanes run empty: the batch width
+stays B and an ``active`` mask says which lanes hold a session. Every session
+is consumed; sessions of length 1 produce no step.
+
+The schedule depends only on the data and B, so it is built once (on the host,
+vectorised but for one heap walk over sessions) and reused every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+
+import numpy as np
+
+from gru4rec_jax.data import Sessions
+
+__all__ = ["Schedule", "session_parallel_schedule"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Arrays of shape ``[n_steps, batch_size]`` driving the session-parallel loop.
+
+    - ``inputs``: item fed at the step (0 where inactive).
+    - ``targets``: next item, to be predicted (0 where inactive).
+    - ``active``: the lane holds a session at this step.
+    - ``reset``: zero the lane's hidden state before this step (first step of a
+      session); True for exactly one step per session.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    active: np.ndarray
+    reset: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def n_events(self) -> int:
+        """Number of predicted events (training examples)."""
+        return int(self.active.sum())
+
+    def padded_chunks(self, chunk_steps: int) -> dict[str, np.ndarray]:
+        """The schedule as ``[n_chunks, chunk_steps, batch_size]`` arrays.
+
+        The tail is padded with all-inactive steps, which the training and
+        evaluation loops skip, so one compiled chunk serves the whole epoch.
+        """
+        n_chunks = max(1, -(-self.n_steps // chunk_steps))
+        pad = n_chunks * chunk_steps - self.n_steps
+        out = {}
+        for name in ("inputs", "targets", "active", "reset"):
+            array = getattr(self, name)
+            array = np.concatenate([array, np.zeros((pad,) + array.shape[1:], array.dtype)])
+            out[name] = array.reshape(n_chunks, chunk_steps, -1)
+        return out
+
+
+def session_parallel_schedule(sessions: Sessions, batch_size: int) -> Schedule:
+    """Builds the reference's session-parallel schedule with a fixed width."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = sessions.lengths
+    n_steps_of = np.maximum(lengths - 1, 0)
+    # Walk the sessions in order, handing each to the lane that frees up first
+    # (lowest lane index on ties): exactly the reference iterator's rule.
+    lane_of = np.empty(sessions.n_sessions, np.int64)
+    start_of = np.empty(sessions.n_sessions, np.int64)
+    free = [(0, lane) for lane in range(batch_size)]
+    for s, steps in enumerate(n_steps_of.tolist()):
+        t, lane = heapq.heappop(free)
+        lane_of[s], start_of[s] = lane, t
+        heapq.heappush(free, (t + steps, lane))
+    n_steps = int((start_of + n_steps_of).max()) if sessions.n_sessions else 0
+
+    # Every event but a session's last is an input; place them all at once.
+    first_event = sessions.offsets[:-1]
+    event_session = np.repeat(np.arange(sessions.n_sessions), n_steps_of)
+    position = np.arange(len(event_session)) - np.repeat(
+        np.r_[0, np.cumsum(n_steps_of)[:-1]], n_steps_of
+    )
+    step = start_of[event_session] + position
+    lane = lane_of[event_session]
+    source = first_event[event_session] + position
+
+    inputs = np.zeros((n_steps, batch_size), np.int32)
+    targets = np.zeros((n_steps, batch_size), np.int32)
+    active = np.zeros((n_steps, batch_size), bool)
+    reset = np.zeros((n_steps, batch_size), bool)
+    inputs[step, lane] = sessions.items[source]
+    targets[step, lane] = sessions.items[source + 1]
+    active[step, lane] = True
+    reset[step[position == 0], lane[position == 0]] = True
+    return Schedule(inputs=inputs, targets=targets, active=active, reset=reset)

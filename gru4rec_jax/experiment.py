@@ -1,0 +1,204 @@
+"""One experiment end to end: data, training (or resuming), checkpoints, evaluation.
+
+``experiments/train.py`` maps its flags onto :class:`ExperimentConfig` and
+calls :func:`run`; everything here is usable (and tested) without the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Callable, Optional
+
+from gru4rec_jax import checkpoint as checkpoint_lib
+from gru4rec_jax import data as data_lib
+from gru4rec_jax import evaluation, synthetic, training
+from gru4rec_jax.model import ModelConfig
+
+__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "run", "write_json_atomic"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train_path: str = ""  # empty: the built-in synthetic data
+    test_path: str = ""
+    session_key: str = "SessionId"
+    item_key: str = "ItemId"
+    time_key: str = "Time"
+    synthetic_sessions: int = 6000
+    synthetic_items: int = 1000
+    synthetic_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    mode: str = "conservative"
+    cutoffs: tuple[int, ...] = (1, 5, 10, 20)
+    batch_size: int = 512
+
+    def __post_init__(self):
+        if self.mode not in evaluation.EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {evaluation.EVAL_MODES}, got {self.mode!r}")
+        if not self.cutoffs or min(self.cutoffs) < 1:
+            raise ValueError(f"cutoffs must be positive integers, got {self.cutoffs}")
+        if self.batch_size < 1:
+            raise ValueError("eval_batch_size must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = DataConfig()
+    train: training.TrainConfig = training.TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    layers: tuple[int, ...] = (100,)
+    embedding: str = "shared"  # shared | separate | onehot
+    embedding_dim: int = 0
+    save_path: str = ""
+    load_path: str = ""
+    resume: bool = False  # with load_path: train on up to train.n_epochs
+    metrics_out: str = ""
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Writes JSON through a temporary file, so an existing file is never half-overwritten."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wt", dir=directory, delete=False, suffix=".tmp") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        tmp = f.name
+    os.replace(tmp, path)
+
+
+def _load_tables(cfg: DataConfig, log):
+    """(train table, test table or None), from files or the synthetic generator."""
+    keys = dict(session_key=cfg.session_key, item_key=cfg.item_key, time_key=cfg.time_key)
+    if cfg.train_path:
+        train = data_lib.read_events(cfg.train_path, **keys)
+        test = data_lib.read_events(cfg.test_path, **keys) if cfg.test_path else None
+        return train, test
+    log(
+        f"no --train_path: using the built-in SYNTHETIC data ({cfg.synthetic_sessions} sessions, "
+        f"{cfg.synthetic_items} items, seed {cfg.synthetic_seed})"
+    )
+    train, test = synthetic.generate_train_test(
+        cfg.synthetic_sessions, cfg.synthetic_items, seed=cfg.synthetic_seed
+    )
+    if cfg.test_path:
+        test = data_lib.read_events(cfg.test_path, **keys)
+    return train, test
+
+
+def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
+    """Trains (or restores, or resumes) and evaluates; returns the metrics dict.
+
+    Raises DataError, CheckpointError, TrainingError or ValueError with a
+    one-line message on bad input. Checkpoints are written after every epoch
+    to ``save_path``; a path that already holds checkpoints of another run is
+    refused rather than overwritten.
+    """
+    restored: Optional[checkpoint_lib.Checkpoint] = None
+    if cfg.load_path:
+        restored = checkpoint_lib.load(cfg.load_path)
+        log(f"restored {cfg.load_path} (epoch {restored.epoch}, {len(restored.item_map)} items)")
+    save_path = cfg.save_path or (cfg.load_path if cfg.resume else "")
+    if save_path and os.path.abspath(save_path) != os.path.abspath(cfg.load_path or "\0"):
+        if checkpoint_lib.save_dir_has_checkpoints(save_path):
+            raise checkpoint_lib.CheckpointError(
+                f"{save_path} already holds checkpoints; choose another --save_path "
+                f"or resume from it with --load_path"
+            )
+
+    data_cfg = cfg.data
+    if restored is not None and not data_cfg.train_path and "data" in restored.extra:
+        data_cfg = dataclasses.replace(
+            DataConfig(**restored.extra["data"]), test_path=data_cfg.test_path
+        )
+    needs_training = restored is None or (cfg.resume and cfg.train.n_epochs > restored.epoch)
+    if restored is None or needs_training or not data_cfg.test_path:
+        train_table, test_table = _load_tables(data_cfg, log)
+    else:
+        train_table = None
+        test_table = data_lib.read_events(
+            data_cfg.test_path, session_key=data_cfg.session_key,
+            item_key=data_cfg.item_key, time_key=data_cfg.time_key,
+        )
+
+    if restored is not None:
+        item_map, model_config = restored.item_map, restored.model_config
+        train_config = dataclasses.replace(restored.train_config, n_epochs=cfg.train.n_epochs)
+        state, start_epoch, epoch_losses = restored.state, restored.epoch, list(restored.epoch_losses)
+        if needs_training:
+            log("resuming with the checkpoint's hyperparameters")
+    else:
+        item_map = data_lib.ItemMap.from_training(train_table.item_ids)
+        model_config = ModelConfig(
+            n_items=len(item_map), layers=cfg.layers,
+            embedding=cfg.embedding, embedding_dim=cfg.embedding_dim,
+        )
+        train_config, state, start_epoch, epoch_losses = cfg.train, None, 0, []
+
+    metrics: dict = {}
+    history: list[training.EpochStats] = []
+    if needs_training:
+        train_sessions = data_lib.build_sessions(
+            train_table, item_map, source=data_cfg.train_path or "synthetic training data"
+        )
+        log(
+            f"training data: {train_sessions.n_events} events, {train_sessions.n_sessions} sessions, "
+            f"{len(item_map)} items"
+        )
+        writer = checkpoint_lib.CheckpointWriter(save_path) if save_path else None
+
+        def on_epoch_end(state, stats):
+            epoch_losses.append(stats.loss)
+            if writer is not None:
+                writer.save(
+                    state, model_config=model_config, train_config=train_config,
+                    item_map=item_map, epoch=stats.epoch, epoch_losses=epoch_losses,
+                    extra={"data": dataclasses.asdict(data_cfg)},
+                )
+
+        try:
+            state, history = training.fit(
+                train_sessions, model_config, train_config, state=state,
+                start_epoch=start_epoch, on_epoch_end=on_epoch_end, log=log,
+            )
+        finally:
+            if writer is not None:
+                writer.close()
+        if save_path:
+            log(f"saved checkpoints to {save_path}")
+
+    metrics["epoch_losses"] = epoch_losses
+    if history:
+        seconds = sum(h.seconds for h in history)
+        metrics["train_events_per_sec"] = sum(h.n_events for h in history) / seconds
+        metrics["train_batches_per_sec"] = sum(h.n_steps for h in history) / seconds
+    else:
+        metrics["train_events_per_sec"] = None
+
+    if test_table is not None:
+        test_sessions = data_lib.build_sessions(
+            test_table, item_map, source=data_cfg.test_path or "synthetic test data"
+        )
+        t0 = time.perf_counter()
+        results = evaluation.evaluate(
+            state.params, model_config, test_sessions, cutoffs=cfg.eval.cutoffs,
+            mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+        )
+        seconds = time.perf_counter() - t0
+        metrics.update(results)
+        metrics["eval_events_per_sec"] = results["n_eval_events"] / seconds
+        log(f"evaluation ({cfg.eval.mode}, {results['n_eval_events']} events, {seconds:.2f}s):")
+        for k in cfg.eval.cutoffs:
+            log(f"  Recall@{k}: {results[f'recall@{k}']:.4f}  MRR@{k}: {results[f'mrr@{k}']:.4f}")
+    else:
+        log("no test data given: skipping evaluation")
+
+    if cfg.metrics_out:
+        write_json_atomic(cfg.metrics_out, metrics)
+        log(f"wrote {cfg.metrics_out}")
+    return metrics

@@ -1,0 +1,249 @@
+"""Ranking losses of the GRU4Rec family, reusable by any JAX project.
+
+Every loss shares one keyword-only signature (the rax convention)::
+
+    loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, **loss_params)
+
+- ``scores``: ``[..., num_candidates]`` real scores (after any final activation
+  or logQ correction the caller wants; the losses apply none of their own).
+- ``labels``: ``[..., num_candidates]``, nonzero where a candidate is a positive.
+  Cross-entropy accepts any non-negative label weights; the pairwise losses
+  (TOP1, BPR, TOP1-max, BPR-max) compare ONE positive per row against the other
+  candidates (the next-item setting) and expect exactly one positive per row.
+  Every candidate that is valid and not the positive is a negative.
+- ``where``: optional boolean ``[..., num_candidates]``; False removes a candidate
+  entirely (it is neither positive nor negative). A row with no valid positive, or
+  (pairwise losses) no valid negative, contributes 0 loss and 0 gradient.
+- ``weights``: optional per-row weights, broadcastable to ``scores.shape[:-1]``.
+- ``reduce_fn``: ``jnp.sum``, ``jnp.mean`` (over valid rows) or ``None`` for the
+  per-row losses ``[...]``; ``sum(loss(reduce_fn=None)) == loss(reduce_fn=jnp.sum)``.
+
+GRU4Rec's own layout -- a ``(M, M + S)`` score matrix whose row ``i`` has its
+target in column ``i`` -- is the special case ``labels = eye(M, M + S)``; see
+:func:`gru4rec_labels`. With ``reduce_fn=jnp.sum`` the losses then equal the
+reference formulas of Hidasi et al. (ICLR 2016, CIKM 2018).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+__all__ = [
+    "LossFn",
+    "LOSSES",
+    "get_loss",
+    "gru4rec_labels",
+    "cross_entropy_loss",
+    "bpr_max_loss",
+    "top1_max_loss",
+    "top1_loss",
+    "bpr_loss",
+]
+
+# Added inside the logarithms exactly as the reference implementations do, so
+# that losses (not only rankings) match them.
+_LOG_EPS = 1e-24
+
+ReduceFn = Optional[Callable[..., jax.Array]]
+
+
+class LossFn(Protocol):
+    """The shared signature of every loss in this module."""
+
+    def __call__(
+        self,
+        scores: ArrayLike,
+        labels: ArrayLike,
+        *,
+        where: Optional[ArrayLike] = None,
+        weights: Optional[ArrayLike] = None,
+        reduce_fn: ReduceFn = jnp.mean,
+        **loss_params,
+    ) -> jax.Array: ...
+
+
+def gru4rec_labels(num_rows: int, num_columns: int) -> jax.Array:
+    """Labels of GRU4Rec's score matrix: row ``i``'s positive is column ``i``.
+
+    >>> gru4rec_labels(2, 4).astype(int)
+    Array([[1, 0, 0, 0],
+           [0, 1, 0, 0]], dtype=int32)
+    """
+    return jnp.eye(num_rows, num_columns, dtype=jnp.bool_)
+
+
+def _prepare(scores, labels, where):
+    scores = jnp.asarray(scores)
+    positive = jnp.asarray(labels) > 0
+    valid = jnp.ones(scores.shape, jnp.bool_) if where is None else jnp.broadcast_to(where, scores.shape)
+    positive = positive & valid
+    negative = valid & ~positive
+    return scores, positive, negative
+
+
+def _reduce(per_row, row_valid, weights, reduce_fn):
+    if weights is not None:
+        per_row = per_row * jnp.asarray(weights, per_row.dtype)
+    # Invalid rows may hold garbage from masked arithmetic: force exact zeros.
+    per_row = jnp.where(row_valid, per_row, 0.0)
+    if reduce_fn is None:
+        return per_row
+    if reduce_fn is jnp.mean:
+        count = jnp.sum(row_valid)
+        return jnp.sum(per_row) / jnp.maximum(count, 1)
+    return reduce_fn(per_row)
+
+
+def _positive_score(scores, positive):
+    # One positive per row (pairwise losses): its score, 0 where there is none.
+    return jnp.sum(jnp.where(positive, scores, 0.0), axis=-1, keepdims=True)
+
+
+def _softmax_over(scores, mask):
+    """Softmax over the masked-in candidates only; all zeros where none is."""
+    masked = jnp.where(mask, scores, -jnp.inf)
+    row_max = jnp.max(masked, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), jax.lax.stop_gradient(row_max), 0.0)
+    exp = jnp.where(mask, jnp.exp(jnp.where(mask, scores, row_max) - row_max), 0.0)
+    total = jnp.sum(exp, axis=-1, keepdims=True)
+    return exp / jnp.where(total > 0, total, 1.0)
+
+
+def cross_entropy_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+    r"""Softmax cross-entropy over the candidates of each row.
+
+    .. math:: \ell = -\sum_j y_j \log(\mathrm{softmax}(r)_j + 10^{-24})
+
+    The softmax runs over the valid candidates (``where``) only. GRU4Rec
+    (Hidasi & Czapp 2023, cross-entropy with sampled negatives) adds the logQ
+    correction to ``scores`` before calling this.
+
+    Shapes: ``scores, labels, where: [..., num_candidates]``; result ``[...]``
+    with ``reduce_fn=None``, else a scalar.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(cross_entropy_loss(jnp.array([[0.0, 0.0]]), jnp.array([[1, 0]]))), 4)
+    0.6931
+    """
+    scores, positive, negative = _prepare(scores, labels, where)
+    probs = _softmax_over(scores, positive | negative)
+    label_weight = jnp.where(positive, jnp.asarray(labels, scores.dtype), 0.0)
+    per_row = -jnp.sum(label_weight * jnp.log(probs + _LOG_EPS), axis=-1)
+    return _reduce(per_row, jnp.any(positive, axis=-1), weights, reduce_fn)
+
+
+def bpr_max_loss(
+    scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, bpreg: float = 1.0
+):
+    r"""BPR-max (Hidasi & Karatzoglou, CIKM 2018), with its score regularisation.
+
+    With :math:`s_j` the softmax of the scores over the negatives only and
+    :math:`r_+` the positive's score:
+
+    .. math:: \ell = -\log\Big(\sum_j s_j\,\sigma(r_+ - r_j) + 10^{-24}\Big)
+              + \lambda \sum_j s_j r_j^2, \qquad \lambda = \texttt{bpreg}
+
+    The reference applies an ELU final activation to the scores first; pass the
+    activated scores. Shapes as in :func:`cross_entropy_loss`.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(bpr_max_loss(jnp.array([[1.0, 1.0]]), jnp.array([[1, 0]]), bpreg=0.0)), 4)
+    0.6931
+    """
+    scores, positive, negative = _prepare(scores, labels, where)
+    weights_neg = _softmax_over(scores, negative)
+    target = _positive_score(scores, positive)
+    ranking = jnp.sum(weights_neg * jax.nn.sigmoid(target - scores), axis=-1)
+    regulariser = jnp.sum(weights_neg * jnp.square(scores), axis=-1)
+    per_row = -jnp.log(ranking + _LOG_EPS) + bpreg * regulariser
+    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    return _reduce(per_row, row_valid, weights, reduce_fn)
+
+
+def top1_max_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+    r"""TOP1-max (Hidasi & Karatzoglou, CIKM 2018).
+
+    .. math:: \ell = \sum_j s_j\,\big(\sigma(r_j - r_+) + \sigma(r_j^2)\big)
+
+    with :math:`s_j` the softmax over the negatives only. Shapes as in
+    :func:`cross_entropy_loss`.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(top1_max_loss(jnp.array([[0.0, 0.0]]), jnp.array([[1, 0]]))), 4)
+    1.0
+    """
+    scores, positive, negative = _prepare(scores, labels, where)
+    weights_neg = _softmax_over(scores, negative)
+    target = _positive_score(scores, positive)
+    terms = jax.nn.sigmoid(scores - target) + jax.nn.sigmoid(jnp.square(scores))
+    per_row = jnp.sum(weights_neg * terms, axis=-1)
+    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    return _reduce(per_row, row_valid, weights, reduce_fn)
+
+
+def top1_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+    r"""TOP1 of the original GRU4Rec (Hidasi et al., ICLR 2016), per row.
+
+    .. math:: \ell = \frac{1}{N}\sum_{j}\big(\sigma(r_j - r_+) + \sigma(r_j^2)\big)
+              - \frac{\sigma(r_+^2)}{N}
+
+    over the :math:`N` valid candidates, the positive included (as in the
+    reference). Shapes as in :func:`cross_entropy_loss`.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(top1_loss(jnp.array([[0.0, 0.0]]), jnp.array([[1, 0]]))), 4)
+    0.75
+    """
+    scores, positive, negative = _prepare(scores, labels, where)
+    valid = positive | negative
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(scores.dtype)
+    target = _positive_score(scores, positive)
+    terms = jax.nn.sigmoid(scores - target) + jax.nn.sigmoid(jnp.square(scores))
+    per_row = (
+        jnp.sum(jnp.where(valid, terms, 0.0), axis=-1)
+        - jax.nn.sigmoid(jnp.square(target[..., 0]))
+    ) / count
+    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    return _reduce(per_row, row_valid, weights, reduce_fn)
+
+
+def bpr_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+    r"""BPR of the original GRU4Rec (Hidasi et al., ICLR 2016), per row.
+
+    .. math:: \ell = -\sum_j \log \sigma(r_+ - r_j)
+
+    summed over the valid candidates, the positive included (a constant
+    :math:`\log 2`, as in the reference). Shapes as in :func:`cross_entropy_loss`.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(bpr_loss(jnp.array([[0.0, 0.0]]), jnp.array([[1, 0]]))), 4)
+    1.3863
+    """
+    scores, positive, negative = _prepare(scores, labels, where)
+    valid = positive | negative
+    target = _positive_score(scores, positive)
+    per_row = -jnp.sum(jnp.where(valid, jax.nn.log_sigmoid(target - scores), 0.0), axis=-1)
+    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    return _reduce(per_row, row_valid, weights, reduce_fn)
+
+
+# The CLI picks losses by these names (the reference implementation's names).
+LOSSES: dict[str, LossFn] = {
+    "cross-entropy": jax.jit(cross_entropy_loss, static_argnames=("reduce_fn",)),
+    "bpr-max": jax.jit(bpr_max_loss, static_argnames=("reduce_fn",)),
+    "top1-max": jax.jit(top1_max_loss, static_argnames=("reduce_fn",)),
+    "top1": jax.jit(top1_loss, static_argnames=("reduce_fn",)),
+    "bpr": jax.jit(bpr_loss, static_argnames=("reduce_fn",)),
+}
+
+
+def get_loss(name: str) -> LossFn:
+    """The jit-compiled loss registered under ``name``."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None

@@ -1,0 +1,149 @@
+"""Adagrad with heavy-ball momentum, dense and row-sparse (GRU4REC.md section 6).
+
+Per parameter, with accumulator ``acc`` and velocity ``v`` starting at zero::
+
+    acc += g**2
+    step = -lr * g / sqrt(acc + eps)          # eps inside the sqrt
+    v = momentum * v + step;  theta += v
+
+The references call this Nesterov momentum; the code is plain heavy-ball
+momentum on the Adagrad-scaled step. ``optax.adagrad`` differs (initial
+accumulator 0.1, eps outside the sqrt) and is a documented cause of a
+third-party port's failure, hence the transformation here.
+
+Item-indexed tables get the row-sparse form: only the rows touched in a step
+change (parameter, accumulator and velocity rows); untouched rows keep their
+stale velocity. Gradients of duplicate indices are summed before squaring.
+Its cost is independent of the number of items.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "AdagradMomentumState",
+    "adagrad_momentum",
+    "sparse_adagrad_momentum_update",
+    "sum_duplicate_rows",
+]
+
+EPS = 1e-6
+
+
+class AdagradMomentumState(NamedTuple):
+    accumulator: optax.Params
+    velocity: optax.Params
+
+
+def adagrad_momentum(
+    learning_rate: float, momentum: float = 0.0, eps: float = EPS
+) -> optax.GradientTransformation:
+    """The dense GRU4Rec optimizer as an optax transformation.
+
+    The returned updates are the velocities; apply them with
+    ``optax.apply_updates``.
+    """
+
+    def init_fn(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return AdagradMomentumState(accumulator=zeros, velocity=jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(grads, state, params=None):
+        del params
+        acc = jax.tree.map(lambda a, g: a + jnp.square(g), state.accumulator, grads)
+        velocity = jax.tree.map(
+            lambda v, g, a: momentum * v - learning_rate * g / jnp.sqrt(a + eps),
+            state.velocity,
+            grads,
+            acc,
+        )
+        return velocity, AdagradMomentumState(accumulator=acc, velocity=velocity)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def sum_duplicate_rows(indices: jax.Array, row_grads: jax.Array, num_rows: int):
+    """Sums the gradient rows that share an index, with static shapes.
+
+    Args:
+      indices: (K,) int row indices; values ``>= num_rows`` mean "no row".
+      row_grads: (K, ...) gradients of the gathered rows.
+      num_rows: table size (the "no row" marker is mapped to this value).
+    Returns ``(unique_indices, summed)``, both with leading size K: each index
+    appears once, the unused tail holds ``num_rows`` (dropped by scatters).
+    """
+    k = indices.shape[0]
+    indices = jnp.minimum(indices, num_rows)
+    order = jnp.argsort(indices)
+    sorted_indices = indices[order]
+    is_first = jnp.concatenate([jnp.ones((1,), bool), sorted_indices[1:] != sorted_indices[:-1]])
+    segment = jnp.cumsum(is_first) - 1
+    summed = jax.ops.segment_sum(row_grads[order], segment, num_segments=k)
+    unique = jnp.full((k,), num_rows, indices.dtype).at[segment].set(sorted_indices)
+    return unique, summed
+
+
+def sparse_adagrad_momentum_update(
+    table: jax.Array,
+    accumulator: jax.Array,
+    velocity: jax.Array,
+    indices: jax.Array,
+    row_grads: jax.Array,
+    *,
+    learning_rate: float,
+    momentum: float = 0.0,
+    eps: float = EPS,
+    strategy: str = "auto",
+):
+    """Row-sparse Adagrad-momentum step on an item table.
+
+    Args:
+      table, accumulator, velocity: (n, ...) arrays of the same shape.
+      indices: (K,) touched rows, duplicates allowed; ``>= n`` means "none".
+      row_grads: (K, ...) gradient of each gathered row.
+      strategy: how to compute the same result. ``"rows"`` works on the K
+        touched rows only (sort, segment-sum, gather, scatter): O(K log K),
+        independent of n. ``"masked"`` scatters the gradient into a table-sized
+        buffer and updates under a touched-row mask: O(n), but it replaces
+        several slow scatters by one, so it is faster while n is within a few
+        times K. ``"auto"`` picks by that rule. Both give the same values.
+    Returns the new ``(table, accumulator, velocity)``; only touched rows differ.
+    """
+    n = table.shape[0]
+    if strategy == "auto":
+        strategy = "masked" if n <= _MASKED_MAX_RATIO * indices.shape[0] else "rows"
+    if strategy == "masked":
+        return _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps)
+    if strategy != "rows":
+        raise ValueError(f"strategy must be auto, rows or masked, got {strategy!r}")
+    rows, grads = sum_duplicate_rows(indices, row_grads, n)
+    acc_rows = accumulator.at[rows].get(mode="fill", fill_value=0) + jnp.square(grads)
+    vel_rows = momentum * velocity.at[rows].get(mode="fill", fill_value=0) - (
+        learning_rate * grads / jnp.sqrt(acc_rows + eps)
+    )
+    new_rows = table.at[rows].get(mode="fill", fill_value=0) + vel_rows
+    return (
+        table.at[rows].set(new_rows, mode="drop"),
+        accumulator.at[rows].set(acc_rows, mode="drop"),
+        velocity.at[rows].set(vel_rows, mode="drop"),
+    )
+
+
+# "auto" uses the masked form up to this many table rows per touched index
+# (measured crossover on CPU, see experiments/benchmark.py).
+_MASKED_MAX_RATIO = 4
+
+
+def _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps):
+    n = table.shape[0]
+    grads = jnp.zeros_like(table).at[indices].add(row_grads, mode="drop")
+    touched = jnp.zeros((n,), bool).at[indices].set(True, mode="drop")
+    touched = touched.reshape((n,) + (1,) * (table.ndim - 1))
+    acc = jnp.where(touched, accumulator + jnp.square(grads), accumulator)
+    vel = jnp.where(touched, momentum * velocity - learning_rate * grads / jnp.sqrt(acc + eps), velocity)
+    return jnp.where(touched, table + vel, table), acc, vel

@@ -1,0 +1,377 @@
+"""Training: the whole session-parallel loop on device, one jitted call per chunk.
+
+One call of the compiled chunk function runs ``chunk_steps`` time steps with
+``jax.lax.scan``; each step resets the lanes that start a session, draws the
+shared negative samples, runs the GRU, computes the loss over the (M, M+S)
+score matrix and applies the optimizer (dense Adagrad-momentum for the GRU
+weights, row-sparse for the item tables) inside the scan body. PRNG keys are
+``fold_in(run_key, global_step)``, so a resumed run draws exactly what an
+uninterrupted one would. Steps with no active lane (padding of the last chunk)
+are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+import time
+from typing import Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gru4rec_jax import losses as losses_lib
+from gru4rec_jax import model as model_lib
+from gru4rec_jax import optimizer as optimizer_lib
+from gru4rec_jax import sampling
+from gru4rec_jax.batching import Schedule, session_parallel_schedule
+from gru4rec_jax.data import Sessions
+
+__all__ = [
+    "TrainConfig",
+    "TrainState",
+    "TrainingError",
+    "EpochStats",
+    "init_train_state",
+    "make_train_chunk",
+    "final_activation",
+    "fit",
+]
+
+FINAL_ACTIVATIONS = ("auto", "linear", "tanh", "relu", "elu")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters; names and defaults follow the reference GRU4Rec."""
+
+    loss: str = "cross-entropy"
+    batch_size: int = 64
+    dropout_p_embed: float = 0.0
+    dropout_p_hidden: float = 0.0
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+    n_sample: int = 2048
+    sample_alpha: float = 0.5
+    bpreg: float = 1.0
+    elu_param: float = 0.5
+    logq: float = 0.0
+    final_act: str = "auto"
+    n_epochs: int = 10
+    seed: int = 0
+    chunk_steps: int = 512
+
+    def __post_init__(self):
+        checks = [
+            (self.loss in losses_lib.LOSSES, f"loss must be one of {sorted(losses_lib.LOSSES)}"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (0.0 <= self.dropout_p_embed < 1.0, "dropout_p_embed must be in [0, 1)"),
+            (0.0 <= self.dropout_p_hidden < 1.0, "dropout_p_hidden must be in [0, 1)"),
+            (self.learning_rate > 0.0, "learning_rate must be > 0"),
+            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (self.n_sample >= 0, "n_sample must be >= 0"),
+            (self.sample_alpha >= 0.0, "sample_alpha must be >= 0"),
+            (self.bpreg >= 0.0, "bpreg must be >= 0"),
+            (self.elu_param >= 0.0, "elu_param must be >= 0"),
+            (self.logq >= 0.0, "logq must be >= 0"),
+            (self.final_act in FINAL_ACTIVATIONS, f"final_act must be one of {FINAL_ACTIVATIONS}"),
+            (self.n_epochs >= 0, "n_epochs must be >= 0"),
+            (self.chunk_steps >= 1, "chunk_steps must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.logq > 0 and self.loss != "cross-entropy":
+            raise ValueError("logq applies to the cross-entropy loss only")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a checkpoint needs to resume training exactly."""
+
+    params: dict
+    dense_opt: optimizer_lib.AdagradMomentumState  # over params["layers"]
+    table_acc: dict  # same keys and shapes as params["tables"]
+    table_vel: dict
+    step: jax.Array  # global step counter (int32), keys the PRNG
+
+
+def init_train_state(key: jax.Array, model_config: model_lib.ModelConfig) -> TrainState:
+    params = model_lib.init_params(key, model_config)
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
+    return TrainState(
+        params=params,
+        dense_opt=optimizer_lib.AdagradMomentumState(zeros(params["layers"]), zeros(params["layers"])),
+        table_acc=zeros(params["tables"]),
+        table_vel=zeros(params["tables"]),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def final_activation(config: TrainConfig) -> Callable[[jax.Array], jax.Array]:
+    """The activation applied to training scores before the loss.
+
+    ``auto`` picks the reference's choice per loss: linear for cross-entropy
+    (the softmax is the loss), ELU(elu_param) for BPR-max and TOP1-max (linear
+    when elu_param is 0), tanh for the 2016 TOP1 and BPR.
+    """
+    name = config.final_act
+    if name == "auto":
+        name = {"cross-entropy": "linear", "top1": "tanh", "bpr": "tanh"}.get(config.loss, "elu")
+    if name == "elu" and config.elu_param > 0:
+        return functools.partial(jax.nn.elu, alpha=config.elu_param)
+    return {"tanh": jnp.tanh, "relu": jax.nn.relu}.get(name, lambda x: x)
+
+
+def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
+    """Builds the jitted ``train_chunk(state, hidden, chunk, run_key, sampler, log_support)``.
+
+    ``chunk`` holds ``[chunk_steps, B]`` arrays (inputs, targets, active,
+    reset). Returns ``(state, hidden, stats)`` with stats = (loss sum over
+    steps, number of steps run, number of events). ``state`` and ``hidden``
+    are donated.
+    """
+    n_items = model_config.n_items
+    B, S = config.batch_size, config.n_sample
+    loss_fn = losses_lib.LOSSES[config.loss]
+    loss_params = {"bpreg": config.bpreg} if config.loss == "bpr-max" else {}
+    activation = final_activation(config)
+    dense_tx = optimizer_lib.adagrad_momentum(config.learning_rate, config.momentum)
+    sparse_update = functools.partial(
+        optimizer_lib.sparse_adagrad_momentum_update,
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+    )
+    input_table = {"shared": "Wy", "separate": "E", "onehot": "Wx0"}[model_config.embedding]
+    labels = losses_lib.gru4rec_labels(B, B + S)
+    use_logq = config.loss == "cross-entropy" and config.logq > 0
+
+    def objective(layers, input_rows, output_rows, output_bias, hidden, where, columns, key, log_support):
+        output, new_hidden = model_lib.forward_step(
+            layers,
+            input_rows,
+            hidden,
+            model_config,
+            dropout_key=key,
+            dropout_p_embed=config.dropout_p_embed,
+            dropout_p_hidden=config.dropout_p_hidden,
+        )
+        scores = activation(output @ output_rows.T + output_bias)
+        if use_logq:
+            scores = scores - sampling.logq_correction(
+                log_support, columns, B, config.logq, config.sample_alpha
+            )
+        loss = loss_fn(scores, labels, where=where, reduce_fn=jnp.sum, **loss_params)
+        # The reference divides by the nominal batch size, not the active lanes.
+        return loss / B, new_hidden
+
+    grad_fn = jax.value_and_grad(objective, argnums=(0, 1, 2, 3), has_aux=True)
+
+    def train_step(state: TrainState, hidden, batch, run_key, sampler, log_support):
+        inputs, targets, active, reset = batch
+        hidden = [jnp.where(reset[:, None], 0.0, h) for h in hidden]
+        key_sample, key_dropout = jax.random.split(jax.random.fold_in(run_key, state.step))
+        columns, column_valid = targets, active
+        if S > 0:
+            columns = jnp.concatenate([targets, sampling.draw_negatives(key_sample, sampler, S)])
+            column_valid = jnp.concatenate([active, jnp.ones((S,), bool)])
+        tables = state.params["tables"]
+        input_rows = tables[input_table][inputs]
+        output_rows, output_bias = tables["Wy"][columns], tables["By"][columns]
+        where = active[:, None] & column_valid[None, :]
+        (loss, new_hidden), grads = grad_fn(
+            state.params["layers"], input_rows, output_rows, output_bias,
+            hidden, where, columns, key_dropout, log_support,
+        )
+        g_layers, g_input, g_output, g_bias = grads
+
+        updates, dense_opt = dense_tx.update(g_layers, state.dense_opt)
+        layers = optax.apply_updates(state.params["layers"], updates)
+
+        # Rows of inactive lanes are not touched (index n = "no row").
+        input_index = jnp.where(active, inputs, n_items)
+        output_index = jnp.where(column_valid, columns, n_items)
+        touched = {"By": (output_index, g_bias)}
+        if input_table == "Wy":
+            touched["Wy"] = (
+                jnp.concatenate([input_index, output_index]),
+                jnp.concatenate([g_input, g_output]),
+            )
+        else:
+            touched["Wy"] = (output_index, g_output)
+            touched[input_table] = (input_index, g_input)
+        new_tables, new_acc, new_vel = dict(tables), dict(state.table_acc), dict(state.table_vel)
+        for name, (index, row_grads) in touched.items():
+            new_tables[name], new_acc[name], new_vel[name] = sparse_update(
+                tables[name], state.table_acc[name], state.table_vel[name], index, row_grads
+            )
+        state = TrainState(
+            params={"tables": new_tables, "layers": layers},
+            dense_opt=dense_opt,
+            table_acc=new_acc,
+            table_vel=new_vel,
+            step=state.step + 1,
+        )
+        return state, new_hidden, loss
+
+    def scan_body(carry, batch, run_key, sampler, log_support):
+        state, hidden, loss_sum, n_steps, n_events = carry
+        active = batch[2]
+
+        def run(operands):
+            state, hidden = operands
+            return train_step(state, hidden, batch, run_key, sampler, log_support)
+
+        def skip(operands):
+            state, hidden = operands
+            return state, hidden, jnp.zeros((), jnp.float32)
+
+        any_active = jnp.any(active)
+        state, hidden, loss = jax.lax.cond(any_active, run, skip, (state, hidden))
+        return (
+            state,
+            hidden,
+            loss_sum + loss,
+            n_steps + any_active.astype(jnp.int32),
+            n_events + jnp.sum(active, dtype=jnp.int32),
+        ), None
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_chunk(state, hidden, chunk, run_key, sampler, log_support):
+        batches = (chunk["inputs"], chunk["targets"], chunk["active"], chunk["reset"])
+        zero_f, zero_i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+        body = functools.partial(scan_body, run_key=run_key, sampler=sampler, log_support=log_support)
+        (state, hidden, loss_sum, n_steps, n_events), _ = jax.lax.scan(
+            body, (state, hidden, zero_f, zero_i, zero_i), batches
+        )
+        return state, hidden, (loss_sum, n_steps, n_events)
+
+    return train_chunk
+
+
+@dataclasses.dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    loss: float  # mean over steps of (summed loss / batch_size), as the reference prints
+    seconds: float
+    n_events: int
+    n_steps: int
+
+    @property
+    def events_per_sec(self) -> float:
+        return self.n_events / self.seconds
+
+    @property
+    def batches_per_sec(self) -> float:
+        return self.n_steps / self.seconds
+
+
+class _Progress:
+    """A one-line progress bar on a terminal, silent otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, epoch, done, total, events, seconds):
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        rate = events / max(seconds, 1e-9)
+        self.stream.write(
+            f"\repoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} chunks  {rate:,.0f} events/s"
+        )
+        self.stream.flush()
+
+    def clear(self):
+        if self.enabled:
+            self.stream.write("\r" + " " * 79 + "\r")
+            self.stream.flush()
+
+
+def fit(
+    sessions: Sessions,
+    model_config: model_lib.ModelConfig,
+    config: TrainConfig,
+    *,
+    state: Optional[TrainState] = None,
+    start_epoch: int = 0,
+    on_epoch_end: Optional[Callable[[TrainState, EpochStats], None]] = None,
+    log: Callable[[str], None] = print,
+    schedule: Optional[Schedule] = None,
+) -> tuple[TrainState, list[EpochStats]]:
+    """Trains for epochs ``start_epoch + 1 .. config.n_epochs``.
+
+    ``state`` resumes a checkpointed run (its step counter keys the PRNG);
+    ``on_epoch_end(state, stats)`` runs after every finished epoch (e.g. to
+    save a checkpoint). Raises :class:`TrainingError` on a non-finite loss,
+    before that epoch's ``on_epoch_end``, so the last good checkpoint is kept.
+    """
+    run_key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    if state is None:
+        state = init_train_state(init_key, model_config)
+    if schedule is None:
+        schedule = session_parallel_schedule(sessions, config.batch_size)
+    if schedule.n_steps == 0:
+        raise TrainingError("the training data has no session with 2 or more events")
+    chunk_steps = min(config.chunk_steps, schedule.n_steps)
+    chunks = jax.device_put(schedule.padded_chunks(chunk_steps))
+    n_chunks = chunks["inputs"].shape[0]
+    support = sampling.item_support(sessions.items, model_config.n_items)
+    sampler = sampling.alias_table(support, config.sample_alpha)
+    log_support = jnp.asarray(np.log(np.maximum(support, 1.0)), jnp.float32)
+    train_chunk = make_train_chunk(model_config, config)
+    # Compile once, ahead of time, so that epoch timings measure training only.
+    t0 = time.perf_counter()
+    train_chunk = train_chunk.lower(
+        state, model_lib.zero_hidden(model_config, config.batch_size),
+        jax.tree.map(lambda a: a[0], chunks), run_key, sampler, log_support,
+    ).compile()
+    log(f"compiled the training chunk ({chunk_steps} steps) in {time.perf_counter() - t0:.1f}s")
+
+    history = []
+    progress = _Progress()
+    for epoch in range(start_epoch, config.n_epochs):
+        hidden = model_lib.zero_hidden(model_config, config.batch_size)
+        stats = []
+        t0 = time.perf_counter()
+        events_so_far = 0
+        for c in range(n_chunks):
+            chunk = jax.tree.map(lambda a: a[c], chunks)
+            state, hidden, chunk_stats = train_chunk(state, hidden, chunk, run_key, sampler, log_support)
+            stats.append(chunk_stats)
+            if progress.enabled:
+                events_so_far += int(chunk_stats[2])
+                progress.update(epoch + 1, c + 1, n_chunks, events_so_far, time.perf_counter() - t0)
+        loss_sum, n_steps, n_events = (np.sum([float(s[i]) for s in stats]) for i in range(3))
+        seconds = time.perf_counter() - t0
+        progress.clear()
+        epoch_stats = EpochStats(
+            epoch=epoch + 1,
+            loss=float(loss_sum / n_steps),
+            seconds=seconds,
+            n_events=int(n_events),
+            n_steps=int(n_steps),
+        )
+        if not math.isfinite(epoch_stats.loss):
+            raise TrainingError(
+                f"non-finite training loss in epoch {epoch + 1}; stopped (lower the learning rate?)"
+            )
+        log(
+            f"epoch {epoch_stats.epoch:3d}  loss {epoch_stats.loss:.6f}  {seconds:7.2f}s  "
+            f"{epoch_stats.batches_per_sec:8.1f} mb/s  {epoch_stats.events_per_sec:9.0f} events/s"
+        )
+        history.append(epoch_stats)
+        if on_epoch_end is not None:
+            on_epoch_end(state, epoch_stats)
+    return state, history
