@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from gru4rec_jax import checkpoint, data, experiment, training
 
@@ -108,6 +108,8 @@ def config_from_flags() -> experiment.ExperimentConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out of the output
     try:
         experiment.run(config_from_flags())
     except (

@@ -96,6 +96,8 @@ def session_parallel_schedule(sessions: Sessions, batch_size: int) -> Schedule:
     lane = lane_of[event_session]
     source = first_event[event_session] + position
 
+    if len(event_session) == 0:
+        n_steps = 0
     inputs = np.zeros((n_steps, batch_size), np.int32)
     targets = np.zeros((n_steps, batch_size), np.int32)
     active = np.zeros((n_steps, batch_size), bool)

@@ -67,6 +67,7 @@ def read_events(
         columns = {role: header.index(name) for role, name in wanted.items()}
         width = len(header)
         values: dict[str, list[str]] = {role: [] for role in columns}
+        line_numbers: list[int] = []
         for line_no, line in enumerate(f, start=2):
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) != width:
@@ -75,6 +76,7 @@ def read_events(
                 raise DataError(
                     f"{path}:{line_no}: expected {width} tab-separated fields, got {len(fields)}"
                 )
+            line_numbers.append(line_no)
             for role, column in columns.items():
                 values[role].append(fields[column])
     if not values["item"]:
@@ -84,11 +86,13 @@ def read_events(
     except ValueError:
         bad = next(i for i, v in enumerate(values["time"]) if not _is_number(v))
         raise DataError(
-            f"{path}:{bad + 2}: non-numeric {time_key} value {values['time'][bad]!r}"
+            f"{path}:{line_numbers[bad]}: non-numeric {time_key} value {values['time'][bad]!r}"
         ) from None
     if not np.all(np.isfinite(times)):
         bad = int(np.argmin(np.isfinite(times)))
-        raise DataError(f"{path}:{bad + 2}: non-finite {time_key} value {values['time'][bad]!r}")
+        raise DataError(
+            f"{path}:{line_numbers[bad]}: non-finite {time_key} value {values['time'][bad]!r}"
+        )
     return EventTable(
         session_ids=np.asarray(values["session"]),
         item_ids=np.asarray(values["item"]),
@@ -175,7 +179,7 @@ def _session_sort_keys(session_ids: np.ndarray) -> np.ndarray:
     """Integer session ids sort numerically (as the reference's int column), others as text."""
     try:
         return session_ids.astype(np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         return np.unique(session_ids, return_inverse=True)[1]
 
 

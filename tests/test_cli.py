@@ -1,0 +1,120 @@
+"""The absl entry point: outputs, checkpoints, resume, flag files and one-line errors."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--synthetic_sessions=300", "--synthetic_items=50", "--batch_size=8", "--n_sample=16",
+         "--layers=16", "--eval_batch_size=64"]
+
+
+def run_cli(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _error_line(result):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines, "no error message"
+    assert lines[-1].startswith("error: ") or "Flags parsing error" in lines[-1] or "FATAL" in lines[-1], lines
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_train_evaluate_save_resume(tmp_path):
+    metrics_path, ckpt = tmp_path / "m.json", tmp_path / "ckpt"
+    run_cli(*SMALL, "--n_epochs=2", f"--save_path={ckpt}", f"--metrics_out={metrics_path}")
+    metrics = json.loads(metrics_path.read_text())
+    for k in (1, 5, 10, 20):
+        assert 0.0 <= metrics[f"recall@{k}"] <= 1.0 and 0.0 <= metrics[f"mrr@{k}"] <= metrics[f"recall@{k}"]
+    assert len(metrics["epoch_losses"]) == 2 and metrics["train_events_per_sec"] > 0
+    assert metrics["n_eval_events"] > 0
+
+    # Evaluate only: same metrics, no training.
+    again = tmp_path / "again.json"
+    out = run_cli(f"--load_path={ckpt}", f"--metrics_out={again}")
+    evaluated = json.loads(again.read_text())
+    assert evaluated["recall@20"] == metrics["recall@20"] and evaluated["train_events_per_sec"] is None
+    assert "epoch" not in out.stdout.split("restored")[-1].split("evaluation")[0].replace("epoch 2", "")
+
+    # Resume to 3 epochs == training 3 epochs straight.
+    resumed, straight = tmp_path / "resumed.json", tmp_path / "straight.json"
+    run_cli(f"--load_path={ckpt}", "--n_epochs=3", f"--metrics_out={resumed}")
+    run_cli(*SMALL, "--n_epochs=3", f"--metrics_out={straight}")
+    r, s = json.loads(resumed.read_text()), json.loads(straight.read_text())
+    assert r["epoch_losses"] == s["epoch_losses"]
+    assert r["recall@20"] == s["recall@20"] and r["mrr@20"] == s["mrr@20"]
+
+
+def test_refuses_to_overwrite_checkpoints(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run_cli(*SMALL, "--n_epochs=1", f"--save_path={ckpt}")
+    before = sorted(glob.glob(str(ckpt / "**"), recursive=True))
+    line = _error_line(run_cli(*SMALL, "--n_epochs=1", f"--save_path={ckpt}", check=False))
+    assert "already holds checkpoints" in line
+    assert sorted(glob.glob(str(ckpt / "**"), recursive=True)) == before
+
+
+def _tsv(path, header, rows):
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_file", "no such file"),
+        ("missing_column", "missing column(s) Time"),
+        ("bad_time", "non-numeric Time"),
+        ("empty", "empty file"),
+        ("unknown_test_items", "none of its"),
+        ("bad_flag", "batch_size must be >= 1"),
+        ("bad_cutoffs", "--cutoffs must be a comma-separated list of integers"),
+        ("bad_layers", "layers must be positive"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tmp_path, case, expected):
+    good = _tsv(tmp_path / "train.tsv", ["SessionId", "ItemId", "Time"],
+                [(1, "a", 1), (1, "b", 2), (2, "a", 3), (2, "c", 4)])
+    args = {
+        "missing_file": [f"--train_path={tmp_path / 'nope.tsv'}"],
+        "missing_column": [f"--train_path={_tsv(tmp_path / 'm.tsv', ['SessionId', 'ItemId'], [(1, 'a')])}"],
+        "bad_time": [f"--train_path={_tsv(tmp_path / 'b.tsv', ['SessionId', 'ItemId', 'Time'], [(1, 'a', 'noon')])}"],
+        "empty": [f"--train_path={tmp_path / 'e.tsv'}"],
+        "unknown_test_items": [f"--train_path={good}", "--test_path=" + _tsv(
+            tmp_path / "t.tsv", ["SessionId", "ItemId", "Time"], [(5, "zz", 1), (5, "yy", 2)])],
+        "bad_flag": ["--batch_size=0"],
+        "bad_cutoffs": ["--cutoffs=5,x"],
+        "bad_layers": ["--layers=0"],
+    }[case]
+    (tmp_path / "e.tsv").write_text("")
+    line = _error_line(run_cli(*args, "--n_epochs=1", "--n_sample=4", "--batch_size=" + ("0" if case == "bad_flag" else "2"),
+                               check=False))
+    assert expected in line
+
+
+def test_flag_files_build_valid_configs():
+    """Every flag file in experiments/configs parses and yields a valid configuration."""
+    from absl import flags
+
+    from experiments import train
+
+    paths = sorted(glob.glob(os.path.join(ROOT, "experiments", "configs", "*.cfg")))
+    assert len(paths) >= 10
+    for path in paths:
+        try:
+            flags.FLAGS(["prog", f"--flagfile={path}"])
+            config = train.config_from_flags()
+        finally:
+            flags.FLAGS.unparse_flags()
+        assert config.train.n_epochs == 10, path
+        assert config.train.loss in ("cross-entropy", "bpr-max", "top1"), path

@@ -1,0 +1,122 @@
+"""Evaluation against an independent per-session numpy evaluator (GRU4REC.md section 7, 11)."""
+
+import jax
+import numpy as np
+import pytest
+
+from gru4rec_jax import data, evaluation, model
+
+
+def _np_cell(layer, x, h):
+    size = h.shape[-1]
+    v = (x @ layer["Wx"] if "Wx" in layer else x) + layer["b"]
+    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
+    r = sig(v[:, size : 2 * size] + h @ layer["Wrz"][:, :size])
+    z = sig(v[:, 2 * size :] + h @ layer["Wrz"][:, size:])
+    c = np.tanh((r * h) @ layer["Wh"] + v[:, :size])
+    return (1 - z) * h + z * c
+
+
+def reference_metrics(params, sessions_items, cutoffs, mode):
+    """Each session alone from a zero state; rank over all items; averaged over events."""
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    wy, by = params["tables"]["Wy"], params["tables"]["By"]
+    ranks = []
+    for items in sessions_items:
+        hidden = [np.zeros((1, layer["Wh"].shape[0])) for layer in params["layers"]]
+        for current, target in zip(items[:-1], items[1:]):
+            x = wy[[current]]
+            for i, layer in enumerate(params["layers"]):
+                hidden[i] = _np_cell(layer, x, hidden[i])
+                x = hidden[i]
+            scores = (x @ wy.T + by)[0]
+            # float32 scores, as the library computes them, so that ties agree.
+            scores = scores.astype(np.float32)
+            t = scores[target]
+            greater, equal = np.sum(scores > t), np.sum(scores == t)
+            ranks.append(
+                {"standard": greater + 1, "conservative": greater + equal,
+                 "median": greater + 0.5 * (equal - 1) + 1}[mode]
+            )
+    ranks = np.asarray(ranks, np.float64)
+    out = {}
+    for k in cutoffs:
+        out[f"recall@{k}"] = np.mean(ranks <= k)
+        out[f"mrr@{k}"] = np.mean(np.where(ranks <= k, 1.0 / ranks, 0.0))
+    return out, len(ranks)
+
+
+def _sessions(lists):
+    items = np.concatenate([np.asarray(s, np.int32) for s in lists])
+    offsets = np.r_[0, np.cumsum([len(s) for s in lists])]
+    return data.Sessions(items=items, offsets=offsets, times=np.arange(len(items), dtype=float),
+                         session_ids=np.arange(len(lists)).astype(str))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    config = model.ModelConfig(n_items=40, layers=(8, 6))
+    params = model.init_params(jax.random.PRNGKey(3), config)
+    # Larger output weights so that rankings are not all near-ties.
+    params["tables"]["Wy"] = params["tables"]["Wy"] * 5
+    params["tables"]["By"] = jax.numpy.asarray(rng.normal(size=40), jax.numpy.float32)
+    lists = [rng.integers(0, 40, size=rng.integers(1, 9)).tolist() for _ in range(23)]
+    return config, params, lists
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 512])
+@pytest.mark.parametrize("mode", ["standard", "conservative", "median"])
+def test_matches_per_session_reference(setup, batch_size, mode):
+    """Guards: state not reset between test sessions; metrics averaged per batch; rank < K."""
+    config, params, lists = setup
+    cutoffs = (1, 2, 5, 10)
+    got = evaluation.evaluate(params, config, _sessions(lists), cutoffs=cutoffs, mode=mode,
+                              batch_size=batch_size, chunk_steps=4)
+    want, n = reference_metrics(params, lists, cutoffs, mode)
+    assert got["n_eval_events"] == n == sum(max(len(s) - 1, 0) for s in lists)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_tie_rules_and_cutoff_boundary():
+    """A target tied with others: the three rules differ; rank == K counts as a hit."""
+    scores = jax.numpy.asarray([[1.0, 2.0, 2.0, 2.0, 0.5]])
+    target = jax.numpy.asarray([1])
+    assert float(evaluation.rank_of_target(scores, target, "standard")[0]) == 1.0
+    assert float(evaluation.rank_of_target(scores, target, "conservative")[0]) == 3.0
+    assert float(evaluation.rank_of_target(scores, target, "median")[0]) == 2.0
+
+
+def test_recall_counts_rank_equal_to_cutoff():
+    """Guards 'recall counted as rank < K': a target at exactly rank K is a hit at K."""
+    config = model.ModelConfig(n_items=5, layers=(2,))
+    params = model.init_params(jax.random.PRNGKey(0), config)
+    # Make scores independent of the state: only the bias matters.
+    params["tables"]["Wy"] = params["tables"]["Wy"] * 0
+    params["tables"]["By"] = jax.numpy.asarray([5.0, 4.0, 3.0, 2.0, 1.0])
+    result = evaluation.evaluate(params, config, _sessions([[0, 2]]), cutoffs=(2, 3), mode="standard")
+    assert result["recall@3"] == 1.0 and result["mrr@3"] == pytest.approx(1 / 3)
+    assert result["recall@2"] == 0.0
+
+
+def test_state_is_reset_between_sessions(setup):
+    """The same session evaluated after another one scores as if it were alone."""
+    config, params, _ = setup
+    alone = evaluation.evaluate(params, config, _sessions([[1, 2, 3, 4]]), batch_size=1)
+    after = evaluation.evaluate(params, config, _sessions([[5, 6, 7], [1, 2, 3, 4]]), batch_size=1)
+    first = evaluation.evaluate(params, config, _sessions([[5, 6, 7]]), batch_size=1)
+    for key in ("recall@5", "mrr@20"):
+        combined = (alone[key] * 3 + first[key] * 2) / 5
+        assert after[key] == pytest.approx(combined, abs=1e-6)
+
+
+def test_bad_arguments():
+    config = model.ModelConfig(n_items=5, layers=(2,))
+    params = model.init_params(jax.random.PRNGKey(0), config)
+    with pytest.raises(ValueError, match="eval mode"):
+        evaluation.evaluate(params, config, _sessions([[0, 1]]), mode="optimistic")
+    with pytest.raises(ValueError, match="cut-offs"):
+        evaluation.evaluate(params, config, _sessions([[0, 1]]), cutoffs=(0,))
+    with pytest.raises(ValueError, match="2 or more"):
+        evaluation.evaluate(params, config, _sessions([[0], [1]]))

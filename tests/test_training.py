@@ -1,0 +1,213 @@
+"""The training step against an independent dense reference, masking, padding, resume, NaN."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gru4rec_jax import batching, data, model, sampling, synthetic, training
+
+EPS = 1e-6
+
+
+def _one_step_chunk(inputs, targets, active, reset=None):
+    b = len(inputs)
+    return {
+        "inputs": jnp.asarray([inputs], jnp.int32),
+        "targets": jnp.asarray([targets], jnp.int32),
+        "active": jnp.asarray([active], bool),
+        "reset": jnp.asarray([reset if reset is not None else [True] * b], bool),
+    }
+
+
+def _run_one_step(model_config, config, state, chunk, support):
+    train_chunk = training.make_train_chunk(model_config, config)
+    hidden = model.zero_hidden(model_config, config.batch_size)
+    sampler = sampling.alias_table(support, config.sample_alpha)
+    log_support = jnp.log(jnp.asarray(support, jnp.float32))
+    state, hidden, stats = train_chunk(state, hidden, chunk, jax.random.PRNGKey(9), sampler, log_support)
+    return state, hidden, stats
+
+
+def _dense_reference_step(params, inputs, targets, active, batch_size, lr, mu):
+    """Dense formulation: cross-entropy over in-batch columns of active lanes, gradients
+    w.r.t. the WHOLE tables, GRU4Rec Adagrad applied to the rows the step touched."""
+    active = np.asarray(active)
+    rows = np.flatnonzero(active)
+    x_items, y_items = np.asarray(inputs)[rows], np.asarray(targets)[rows]
+
+    def loss(params):
+        wy, by = params["tables"]["Wy"], params["tables"]["By"]
+        layer = params["layers"][0]
+        h = jnp.zeros((len(rows), layer["Wh"].shape[0]))
+        size = h.shape[1]
+        v = wy[x_items] @ layer["Wx"] + layer["b"]
+        r = jax.nn.sigmoid(v[:, size : 2 * size] + h @ layer["Wrz"][:, :size])
+        z = jax.nn.sigmoid(v[:, 2 * size :] + h @ layer["Wrz"][:, size:])
+        c = jnp.tanh((r * h) @ layer["Wh"] + v[:, :size])
+        out = (1 - z) * h + z * c
+        scores = out @ wy[y_items].T + by[y_items]
+        logp = scores - jax.scipy.special.logsumexp(scores, axis=1, keepdims=True)
+        return -jnp.sum(jnp.diagonal(logp)) / batch_size
+
+    grads = jax.grad(loss)(params)
+    touched = np.zeros(params["tables"]["Wy"].shape[0], bool)
+    touched[x_items] = True
+    touched[y_items] = True
+    touched_by = np.zeros_like(touched)
+    touched_by[y_items] = True
+
+    def adagrad(p, g, mask=None):
+        p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+        acc = g**2
+        vel = -lr * g / np.sqrt(acc + EPS)  # mu * 0 + step
+        new = p + vel
+        if mask is not None:
+            m = mask.reshape((-1,) + (1,) * (p.ndim - 1))
+            new, acc, vel = np.where(m, new, p), np.where(m, acc, 0), np.where(m, vel, 0)
+        return new, acc, vel
+
+    out = {"Wy": adagrad(params["tables"]["Wy"], grads["tables"]["Wy"], touched),
+           "By": adagrad(params["tables"]["By"], grads["tables"]["By"], touched_by)}
+    out["layers"] = {k: adagrad(params["layers"][0][k], grads["layers"][0][k]) for k in params["layers"][0]}
+    return out, touched
+
+
+@pytest.mark.parametrize("active", [[True] * 5, [True, False, True, True, False]])
+def test_one_step_equals_dense_reference(active):
+    """Sparse row gradients + row-sparse Adagrad == dense gradients applied on touched rows.
+
+    Inputs and targets repeat items (duplicate rows are summed before squaring),
+    an item is both an input and a target, and inactive lanes touch nothing.
+    """
+    n, b = 12, 5
+    model_config = model.ModelConfig(n_items=n, layers=(6,))
+    config = training.TrainConfig(batch_size=b, n_sample=0, learning_rate=0.1, momentum=0.3,
+                                  dropout_p_hidden=0.0, loss="cross-entropy")
+    state = training.init_train_state(jax.random.PRNGKey(1), model_config)
+    params0 = jax.tree.map(np.asarray, state.params)
+    inputs, targets = [3, 3, 7, 1, 9], [7, 2, 7, 3, 10]
+    state, _, (loss_sum, n_steps, n_events) = _run_one_step(
+        model_config, config, state, _one_step_chunk(inputs, targets, active), np.ones(n))
+    assert int(n_steps) == 1 and int(n_events) == sum(active)
+    want, touched = _dense_reference_step(params0, inputs, targets, active, b, 0.1, 0.3)
+    got = state.params
+    np.testing.assert_allclose(got["tables"]["Wy"], want["Wy"][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.table_acc["Wy"], want["Wy"][1], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(state.table_vel["Wy"], want["Wy"][2], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(got["tables"]["By"], want["By"][0], rtol=1e-5, atol=1e-6)
+    for k in ("Wx", "Wrz", "Wh", "b"):
+        np.testing.assert_allclose(got["layers"][0][k], want["layers"][k][0], rtol=1e-4, atol=1e-6)
+    # Rows nobody touched are bit-identical.
+    np.testing.assert_array_equal(np.asarray(got["tables"]["Wy"])[~touched], params0["tables"]["Wy"][~touched])
+
+
+def test_all_inactive_padding_step_changes_nothing():
+    """Padding steps (no active lane) must not move parameters, momentum or the step counter."""
+    model_config = model.ModelConfig(n_items=8, layers=(4,))
+    config = training.TrainConfig(batch_size=3, n_sample=4, momentum=0.5)
+    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
+    state, _, _ = _run_one_step(model_config, config, state, _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3), np.ones(8))
+    before = jax.tree.map(np.asarray, state)
+    state, _, (loss, steps, events) = _run_one_step(
+        model_config, config, state, _one_step_chunk([0, 0, 0], [0, 0, 0], [False] * 3), np.ones(8))
+    assert int(steps) == 0 and int(events) == 0 and float(loss) == 0.0
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)
+
+
+def _toy_sessions(seed=0, n_sessions=300, n_items=60):
+    train, _ = synthetic.generate_train_test(n_sessions, n_items, seed=seed)
+    item_map = data.ItemMap.from_training(train.item_ids)
+    return data.build_sessions(train, item_map), len(item_map)
+
+
+def test_chunk_length_does_not_change_training():
+    """One compiled chunk with padded tail == other chunkings: the same steps, keys, results."""
+    sessions, n = _toy_sessions()
+    model_config = model.ModelConfig(n_items=n, layers=(8,))
+    results = []
+    for chunk_steps in (7, 64, 100000):
+        config = training.TrainConfig(batch_size=4, n_sample=5, n_epochs=1, dropout_p_hidden=0.3,
+                                      chunk_steps=chunk_steps, momentum=0.2)
+        state, history = training.fit(sessions, model_config, config, log=lambda s: None)
+        results.append((state, history[0]))
+    for state, stats in results[1:]:
+        assert stats.n_steps == results[0][1].n_steps and stats.n_events == results[0][1].n_events
+        assert stats.loss == pytest.approx(results[0][1].loss, rel=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                     state.params, results[0][0].params)
+
+
+def test_epoch_consumes_every_event():
+    sessions, n = _toy_sessions()
+    config = training.TrainConfig(batch_size=8, n_sample=3, n_epochs=1)
+    _, history = training.fit(sessions, model.ModelConfig(n_items=n, layers=(4,)), config, log=lambda s: None)
+    assert history[0].n_events == int(np.sum(sessions.lengths - 1))
+    schedule = batching.session_parallel_schedule(sessions, 8)
+    assert history[0].n_steps == schedule.n_steps
+
+
+def test_resume_continues_exactly():
+    """Two epochs in one go == one epoch, then resuming from its state for the second."""
+    sessions, n = _toy_sessions(seed=1)
+    model_config = model.ModelConfig(n_items=n, layers=(8,))
+    config = training.TrainConfig(batch_size=4, n_sample=6, n_epochs=2, dropout_p_hidden=0.2,
+                                  dropout_p_embed=0.1, momentum=0.3, chunk_steps=50)
+    full, full_history = training.fit(sessions, model_config, config, log=lambda s: None)
+    half, _ = training.fit(sessions, model_config, training.TrainConfig(**{**config.__dict__, "n_epochs": 1}),
+                           log=lambda s: None)
+    resumed, resumed_history = training.fit(sessions, model_config, config, state=half, start_epoch=1,
+                                            log=lambda s: None)
+    assert resumed_history[0].epoch == 2
+    assert resumed_history[0].loss == full_history[1].loss
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
+
+
+def test_seed_changes_and_fixes_the_run():
+    sessions, n = _toy_sessions(seed=2)
+    model_config = model.ModelConfig(n_items=n, layers=(4,))
+    losses = [training.fit(sessions, model_config, training.TrainConfig(batch_size=4, n_sample=4, n_epochs=1, seed=s),
+                           log=lambda m: None)[1][0].loss for s in (0, 0, 1)]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+
+
+def test_non_finite_loss_stops_before_the_epoch_callback():
+    """A diverging run raises TrainingError and never reports (e.g. checkpoints) the bad epoch."""
+    sessions, n = _toy_sessions(seed=3)
+    config = training.TrainConfig(batch_size=4, n_sample=4, n_epochs=2, learning_rate=1e38, momentum=0.9)
+    seen = []
+    with pytest.raises(training.TrainingError, match="non-finite training loss in epoch 1"):
+        training.fit(sessions, model.ModelConfig(n_items=n, layers=(4,)), config,
+                     on_epoch_end=lambda s, e: seen.append(e), log=lambda m: None)
+    assert seen == []
+
+
+@pytest.mark.parametrize("loss", sorted(training.losses_lib.LOSSES))
+@pytest.mark.parametrize("embedding", ["shared", "separate", "onehot"])
+def test_every_loss_and_embedding_learns(loss, embedding):
+    """Two layers, each loss and embedding mode: the epoch loss falls on structured data."""
+    sessions, n = _toy_sessions(seed=4, n_sessions=400, n_items=40)
+    model_config = model.ModelConfig(n_items=n, layers=(16, 12), embedding=embedding,
+                                     embedding_dim=8 if embedding == "separate" else 0)
+    config = training.TrainConfig(loss=loss, batch_size=8, n_sample=16, n_epochs=3, learning_rate=0.1,
+                                  dropout_p_hidden=0.1, dropout_p_embed=0.1, momentum=0.1, bpreg=0.5)
+    _, history = training.fit(sessions, model_config, config, log=lambda m: None)
+    assert all(np.isfinite(h.loss) for h in history)
+    assert history[-1].loss < history[0].loss
+
+
+def test_config_rejects_impossible_values():
+    for bad in ({"batch_size": 0}, {"dropout_p_hidden": 1.0}, {"learning_rate": 0.0}, {"loss": "hinge"},
+                {"n_sample": -1}, {"momentum": 1.0}, {"logq": 1.0, "loss": "bpr-max"}, {"final_act": "gelu"}):
+        with pytest.raises(ValueError):
+            training.TrainConfig(**bad)
+
+
+def test_final_activation_defaults_follow_the_reference():
+    x = jnp.asarray([-2.0, 0.5])
+    elu = training.final_activation(training.TrainConfig(loss="bpr-max", elu_param=0.5))
+    np.testing.assert_allclose(elu(x), [0.5 * (np.exp(-2.0) - 1), 0.5], rtol=1e-6)
+    linear = training.final_activation(training.TrainConfig(loss="bpr-max", elu_param=0.0))
+    np.testing.assert_allclose(linear(x), x)
+    np.testing.assert_allclose(training.final_activation(training.TrainConfig(loss="top1"))(x), np.tanh(x), rtol=1e-6)
+    np.testing.assert_allclose(training.final_activation(training.TrainConfig())(x), x)
