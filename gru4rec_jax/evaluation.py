@@ -11,6 +11,11 @@ are not excluded). The rank is counted, not sorted for:
 
 Recall@K = mean over events of [rank <= K]; MRR@K = mean of [rank <= K] / rank.
 Both are averaged over events, never over batches.
+
+Large catalogues are scored block by block (``item_block`` items at a time)
+inside the compiled loop, so memory stays at (lanes x block) floats whatever
+the catalogue size; each block's matrix product is followed by the two
+comparisons that count the items scoring above (and equal to) the target.
 """
 
 from __future__ import annotations
@@ -45,8 +50,63 @@ def rank_of_target(scores: jax.Array, targets: jax.Array, mode: str) -> jax.Arra
     raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "cutoffs", "mode"))
-def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode):
+def _ranks_by_blocks(output, targets, tables, mode, item_block):
+    """Ranks of ``targets`` (B,) among all items for ``output`` (B, h).
+
+    Catalogues of up to ``item_block`` items are scored in one product. Larger
+    ones go block by block in two passes over the same block products: the
+    first picks up each target's score, the second counts. Taking the target's
+    score from the very product that scores the other items keeps exact ties
+    exact (a separately computed dot product can differ in the last bit, which
+    would break the tie rules).
+    """
+    wy, by = tables["Wy"], tables["By"]
+    n, h = wy.shape
+    if n <= item_block:
+        return rank_of_target(output @ wy.T + by, targets, mode)
+
+    n_full = n // item_block
+    blocks = [(jnp.arange(n_full) * item_block, item_block)]
+    if n % item_block:
+        blocks.append((jnp.asarray([n_full * item_block]), n % item_block))
+
+    def scores_of(start, size):
+        w = jax.lax.dynamic_slice(wy, (start, 0), (size, h))
+        b = jax.lax.dynamic_slice(by, (start,), (size,))
+        return output @ w.T + b
+
+    def pick_target(acc, start, size):
+        offset = targets - start
+        inside = (offset >= 0) & (offset < size)
+        picked = jnp.take_along_axis(scores_of(start, size), jnp.clip(offset, 0, size - 1)[:, None], 1)[:, 0]
+        return acc + jnp.where(inside, picked, 0.0)
+
+    def count(acc, start, size, target_score):
+        scores = scores_of(start, size)
+        greater = jnp.sum(scores > target_score[:, None], axis=1)
+        equal = jnp.sum(scores == target_score[:, None], axis=1)
+        return acc[0] + greater, acc[1] + equal
+
+    target_score = jnp.zeros(targets.shape, output.dtype)
+    for starts, size in blocks:
+        target_score, _ = jax.lax.scan(
+            lambda acc, start: (pick_target(acc, start, size), None), target_score, starts
+        )
+    totals = (jnp.zeros(targets.shape, jnp.int32), jnp.zeros(targets.shape, jnp.int32))
+    for starts, size in blocks:
+        totals, _ = jax.lax.scan(
+            lambda acc, start: (count(acc, start, size, target_score), None), totals, starts
+        )
+    greater, equal = (t.astype(jnp.float32) for t in totals)
+    if mode == "standard":
+        return greater + 1.0
+    if mode == "conservative":
+        return greater + equal
+    return greater + 0.5 * (equal - 1.0) + 1.0
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "cutoffs", "mode", "item_block"))
+def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block):
     # Per-chunk sums stay small enough for exact float32 counts; the host adds them in float64.
     cutoff_array = jnp.asarray(cutoffs, jnp.float32)
 
@@ -58,7 +118,7 @@ def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode):
             hidden = [jnp.where(reset[:, None], 0.0, h) for h in hidden]
             rows = model_lib.embed_inputs(params["tables"], inputs, model_config)
             output, hidden = model_lib.forward_step(params["layers"], rows, hidden, model_config)
-            ranks = rank_of_target(model_lib.score_all(params["tables"], output), targets, mode)
+            ranks = _ranks_by_blocks(output, targets, params["tables"], mode, item_block)
             hit = (ranks[:, None] <= cutoff_array[None, :]) & active[:, None]
             recall = jnp.sum(hit, axis=0, dtype=jnp.float32)
             mrr = jnp.sum(jnp.where(hit, 1.0 / ranks[:, None], 0.0), axis=0)
@@ -85,6 +145,7 @@ def evaluate(
     mode: str = "conservative",
     batch_size: int = 512,
     chunk_steps: int = 256,
+    item_block: int = 16384,
 ) -> dict:
     """Recall@K and MRR@K over all next-item events of ``sessions``.
 
@@ -104,7 +165,7 @@ def evaluate(
     chunk_totals = []
     for c in range(chunks["inputs"].shape[0]):
         chunk = {name: array[c] for name, array in chunks.items()}
-        hidden, sums = _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode)
+        hidden, sums = _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block)
         chunk_totals.append(sums)
     totals = np.sum([np.asarray(t, np.float64) for t in chunk_totals], axis=0) / n_events
     result = {}

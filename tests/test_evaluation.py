@@ -120,3 +120,30 @@ def test_bad_arguments():
         evaluation.evaluate(params, config, _sessions([[0, 1]]), cutoffs=(0,))
     with pytest.raises(ValueError, match="2 or more"):
         evaluation.evaluate(params, config, _sessions([[0], [1]]))
+
+
+@pytest.mark.parametrize("item_block", [1, 7, 40, 41, 100000])
+def test_item_blocks_do_not_change_results(setup, item_block):
+    """Scoring the catalogue in blocks (with a partial last block) gives the same metrics."""
+    config, params, lists = setup
+    whole = evaluation.evaluate(params, config, _sessions(lists), mode="median", item_block=100000)
+    blocked = evaluation.evaluate(params, config, _sessions(lists), mode="median", item_block=item_block)
+    assert blocked == pytest.approx(whole, abs=1e-9)
+
+
+@pytest.mark.parametrize("item_block", [4, 16384])
+def test_exact_ties_follow_the_tie_rules(item_block):
+    """Items with identical output rows tie exactly with the target in every mode."""
+    config = model.ModelConfig(n_items=6, layers=(3,))
+    params = model.init_params(jax.random.PRNGKey(1), config)
+    wy = np.asarray(params["tables"]["Wy"]).copy()
+    wy[4] = wy[3]
+    wy[5] = wy[3]  # items 3, 4, 5 always score the same
+    params["tables"]["Wy"] = jax.numpy.asarray(wy)
+    sessions = _sessions([[0, 4]])
+    results = {m: evaluation.evaluate(params, config, sessions, cutoffs=(6,), mode=m, item_block=item_block)
+               for m in evaluation.EVAL_MODES}
+    want = {m: reference_metrics(params, [[0, 4]], (6,), m)[0] for m in evaluation.EVAL_MODES}
+    for m in evaluation.EVAL_MODES:
+        assert results[m]["mrr@6"] == pytest.approx(want[m]["mrr@6"], abs=1e-6), m
+    assert results["conservative"]["mrr@6"] < results["median"]["mrr@6"] < results["standard"]["mrr@6"]

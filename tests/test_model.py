@@ -159,7 +159,8 @@ def test_init_params_shapes_bounds_and_zero_biases(embedding, layers, emb_dim):
         if not first_onehot:
             assert p["Wx"].shape == (d_in, 3 * h)
             for k in range(3):
-                _check_uniform_block(p["Wx"][:, k * h:(k + 1) * h], _bound(d_in, h), f"layer {i} Wx block {k}")
+                block = p["Wx"][:, k * h:(k + 1) * h]
+                _check_uniform_block(block, _bound(d_in, h), f"layer {i} Wx block {k}")
         for k in range(2):
             _check_uniform_block(p["Wrz"][:, k * h:(k + 1) * h], _bound(h, h), f"layer {i} Wrz block {k}")
         _check_uniform_block(p["Wh"], _bound(h, h), f"layer {i} Wh")
@@ -337,11 +338,13 @@ def test_score_all_equals_output_times_wy_plus_by():
     """Guards the prediction scores: every item, h @ Wy.T + By."""
     rng = np.random.default_rng(20)
     n, h, B = 30, 5, 3
-    tables = {"Wy": rng.normal(size=(n, h)).astype(np.float32), "By": rng.normal(size=(n,)).astype(np.float32)}
+    tables = {"Wy": rng.normal(size=(n, h)).astype(np.float32),
+              "By": rng.normal(size=(n,)).astype(np.float32)}
     out = rng.normal(size=(B, h)).astype(np.float32)
     got = np.asarray(model_lib.score_all(_to_jax(tables), jnp.asarray(out)))
     assert got.shape == (B, n)
-    np.testing.assert_allclose(got, out.astype(np.float64) @ tables["Wy"].T + tables["By"], rtol=1e-5, atol=1e-5)
+    want = out.astype(np.float64) @ tables["Wy"].T + tables["By"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("embedding,name", [("shared", "Wy"), ("separate", "E"), ("onehot", "Wx0")])

@@ -1,4 +1,7 @@
-"""Tests of gru4rec_jax.optimizer against numpy references of GRU4Rec's Adagrad-momentum (GRU4REC.md section 6)."""
+"""Tests of gru4rec_jax.optimizer against numpy references of GRU4Rec's Adagrad-momentum.
+
+GRU4REC.md sections 6 and 11.
+"""
 
 import functools
 
@@ -45,8 +48,8 @@ def test_adagrad_momentum_matches_reference_over_steps(mu):
 
     for _ in range(5):
         # Mix of magnitudes incl. tiny gradients where eps placement matters, and exact zeros.
-        grads = {k: (rng.normal(size=v.shape) * rng.choice([1e-4, 1e-2, 1.0], size=v.shape)).astype(np.float32)
-                 for k, v in params.items()}
+        scale = {k: rng.choice([1e-4, 1e-2, 1.0], size=v.shape) for k, v in params.items()}
+        grads = {k: (rng.normal(size=v.shape) * scale[k]).astype(np.float32) for k, v in params.items()}
         grads["b"][0] = 0.0
         jparams, state = step(jparams, state, jax.tree.map(jnp.asarray, grads))
         ref = {k: _np_dense_step(*ref[k], grads[k].astype(np.float64), lr, mu) for k in ref}
@@ -165,11 +168,13 @@ def test_sparse_update_matches_dense_reference_over_steps(strategy, row_shape, n
                         learning_rate=lr, momentum=mu, strategy=strategy)
         ref = _np_sparse_step(*ref, indices, grads.astype(np.float64), lr, mu)
         for name, got, want in zip(("table", "acc", "vel"), state, ref):
-            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6, err_msg=f"{name} step {step}")
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} step {step}")
         # Untouched rows are bit-identical to before (stale velocity kept, no decay, no drift).
         untouched = np.setdiff1d(np.arange(n), indices[indices < n])
         for name, got, prev in zip(("table", "acc", "vel"), state, before):
-            np.testing.assert_array_equal(np.asarray(got)[untouched], prev[untouched], err_msg=f"{name} step {step}")
+            np.testing.assert_array_equal(np.asarray(got)[untouched], prev[untouched],
+                                          err_msg=f"{name} step {step}")
     # The test exercised stale momentum: some untouched row carries a nonzero velocity.
     assert np.any(np.asarray(state[2]) != 0)
 
@@ -181,7 +186,8 @@ def test_sparse_update_duplicates_summed_before_squaring():
         _, acc, vel = _update(table, jnp.zeros((3, 1)), jnp.zeros((3, 1)), jnp.array([1, 1]),
                               jnp.array([[1.0], [2.0]]), learning_rate=1.0, momentum=0.0, strategy=strategy)
         np.testing.assert_allclose(np.asarray(acc)[:, 0], [0.0, 9.0, 0.0], err_msg=strategy)
-        np.testing.assert_allclose(np.asarray(vel)[1, 0], -3.0 / np.sqrt(9.0 + EPS), rtol=1e-6, err_msg=strategy)
+        np.testing.assert_allclose(np.asarray(vel)[1, 0], -3.0 / np.sqrt(9.0 + EPS), rtol=1e-6,
+                                   err_msg=strategy)
 
 
 def test_sparse_update_stale_velocity_is_not_decayed():
@@ -231,7 +237,8 @@ def test_sparse_update_cost_independent_of_table_size_under_rows():
     """Guards "rows" silently scattering into a table-sized gradient: its jaxpr has no (n,)-shaped
     intermediate besides the table, accumulator and velocity themselves."""
     n, k = 1000, 8
-    fn = functools.partial(opt_lib.sparse_adagrad_momentum_update, learning_rate=0.1, momentum=0.5, strategy="rows")
+    fn = functools.partial(opt_lib.sparse_adagrad_momentum_update,
+                           learning_rate=0.1, momentum=0.5, strategy="rows")
     jaxpr = jax.make_jaxpr(fn)(jnp.zeros((n, 4)), jnp.zeros((n, 4)), jnp.zeros((n, 4)),
                                jnp.zeros((k,), jnp.int32), jnp.zeros((k, 4)))
     # Only the three scatters produce (n, 4) values; nothing else computes a full-table array.
