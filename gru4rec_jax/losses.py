@@ -82,7 +82,9 @@ def _prepare(scores, labels, where):
     valid = jnp.ones(scores.shape, jnp.bool_) if where is None else jnp.broadcast_to(where, scores.shape)
     positive = positive & valid
     negative = valid & ~positive
-    return scores, positive, negative
+    # Masked-out entries may hold anything (huge values, inf): zero them so that
+    # no arithmetic on them can overflow into the loss or its gradient.
+    return jnp.where(valid, scores, 0.0), positive, negative
 
 
 def _reduce(per_row, row_valid, weights, reduce_fn):

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gru4rec_jax.data import EventTable
+from gru4rec_jax.data import EventTable, Sessions
 
-__all__ = ["generate_events", "generate_train_test"]
+__all__ = ["generate_events", "generate_sessions", "generate_train_test"]
 
 
 def generate_events(
@@ -39,6 +39,36 @@ def generate_events(
 
     Session lengths are 2 + Poisson(mean_length - 2); sessions start uniformly
     over ``span_seconds`` and events are 10-120 s apart.
+    """
+    sessions = generate_sessions(
+        n_sessions, n_items, seed=seed, zipf=zipf, n_successors=n_successors, follow_p=follow_p,
+        mean_length=mean_length, start_time=start_time, span_seconds=span_seconds,
+    )
+    # Item ids are opaque strings; shuffle the labels so that the id order
+    # carries no popularity information.
+    labels = np.random.default_rng(seed + 1).permutation(n_items)
+    return EventTable(
+        session_ids=np.repeat(sessions.session_ids, sessions.lengths),
+        item_ids=np.char.add("i", labels[sessions.items].astype(str)),
+        times=sessions.times,
+    )
+
+
+def generate_sessions(
+    n_sessions: int,
+    n_items: int,
+    *,
+    seed: int = 0,
+    zipf: float = 1.1,
+    n_successors: int = 3,
+    follow_p: float = 0.8,
+    mean_length: float = 5.0,
+    start_time: float = 1.6e9,
+    span_seconds: float = 14 * 86400.0,
+) -> Sessions:
+    """The same generator at the level of item indices ``0..n_items-1`` (index 0 most popular).
+
+    Used directly by benchmarks that need a catalogue of an exact size.
     """
     if n_sessions < 1 or n_items < 2:
         raise ValueError("need n_sessions >= 1 and n_items >= 2")
@@ -68,13 +98,11 @@ def generate_events(
     gaps[is_first] = 0.0
     offsets_in_session = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first], lengths)
     times = starts[session_of] + offsets_in_session
-    # Item ids are opaque strings; shuffle the id labels so that the index
-    # order carries no popularity information.
-    labels = rng.permutation(n_items)
-    return EventTable(
-        session_ids=session_of.astype(str),
-        item_ids=np.char.add("i", labels[items].astype(str)),
+    return Sessions(
+        items=items.astype(np.int32),
+        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
         times=np.round(times, 3),
+        session_ids=np.arange(n_sessions).astype(str),
     )
 
 

@@ -1,0 +1,212 @@
+r"""Training and evaluation speed on generated data of a chosen shape.
+
+    python -m experiments.benchmark                                   # the default grid
+    python -m experiments.benchmark --configs=rsc15_xe --items=3000,1000000 --json_out=bench.json
+
+One row per (configuration, catalogue size), each measured in a fresh
+subprocess so that peak memory is that configuration's own:
+
+- train events/s and mini-batches/s: median over ``--timed_chunks`` compiled
+  chunks of ``--chunk_steps`` steps, after a warm-up chunk;
+- compile: seconds to compile the training chunk (once per run);
+- eval events/s: full ranking over all items (``--eval_batch_size`` lanes),
+  after a warm-up; ``eval/matmul``: the evaluation step time of a bare
+  (lanes x h) @ (h x n) product divided by the measured evaluation step time
+  (>= 0.5 means evaluation runs at least at half the product's speed);
+- peak memory: device peak (GPU) or peak resident memory above the
+  process's baseline after JAX start-up (CPU), next to the bytes of the
+  parameters + optimizer state and of the on-device schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+CONFIGS = {
+    # name: (loss, h, B, S, extra training parameters)
+    "rsc15_xe": ("cross-entropy", 100, 32, 2048, dict(dropout_p_hidden=0.4, learning_rate=0.2, momentum=0.2,
+                                                     sample_alpha=0.5, logq=1.0)),
+    "retailrocket_bprmax": ("bpr-max", 224, 80, 2048, dict(dropout_p_embed=0.5, dropout_p_hidden=0.05,
+                                                           learning_rate=0.05, momentum=0.4, sample_alpha=0.4,
+                                                           bpreg=1.95, elu_param=0.5)),
+    "large_xe": ("cross-entropy", 512, 128, 2048, dict(dropout_p_hidden=0.2, learning_rate=0.05, sample_alpha=0.5,
+                                                       logq=1.0)),
+}
+
+flags.DEFINE_list("configs", list(CONFIGS), f"Configurations among {sorted(CONFIGS)}.")
+flags.DEFINE_list("items", ["3000", "40000", "1000000"], "Catalogue sizes.")
+flags.DEFINE_integer("chunk_steps", 128, "Training steps per compiled chunk.")
+flags.DEFINE_integer("timed_chunks", 5, "Timed training chunks (median reported).")
+flags.DEFINE_integer("eval_batch_size", 512, "Evaluation lanes.")
+flags.DEFINE_integer("eval_events", 20000, "Approximate number of evaluated events.")
+flags.DEFINE_string("json_out", "", "Write the table as JSON here.")
+flags.DEFINE_string("single", "", "Internal: run one 'config:items' row in this process.")
+FLAGS = flags.FLAGS
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM).
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _vm_hwm_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _peak_rss_bytes()
+
+
+def run_one(config_name: str, n_items: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gru4rec_jax import batching, evaluation, model, sampling, synthetic, training
+
+    device = jax.devices()[0]
+    jnp.zeros(1).block_until_ready()
+    _reset_peak_rss()
+    baseline = _vm_hwm_bytes()
+
+    loss, h, batch_size, n_sample, extra = CONFIGS[config_name]
+    steps = FLAGS.chunk_steps * (FLAGS.timed_chunks + 1)
+    # Sessions average 5 events (4 training steps of one lane each).
+    n_sessions = int(steps * batch_size / 4 * 1.1) + batch_size
+    sessions = synthetic.generate_sessions(n_sessions, n_items, seed=0)
+    model_config = model.ModelConfig(n_items=n_items, layers=(h,))
+    config = training.TrainConfig(loss=loss, batch_size=batch_size, n_sample=n_sample,
+                                  chunk_steps=FLAGS.chunk_steps, **extra)
+    schedule = batching.session_parallel_schedule(sessions, batch_size)
+    chunks = jax.device_put(schedule.padded_chunks(FLAGS.chunk_steps))
+    support = np.maximum(sampling.item_support(sessions.items, n_items), 1.0)
+    sampler = sampling.alias_table(support, config.sample_alpha)
+    log_support = jnp.asarray(np.log(support), jnp.float32)
+    run_key = jax.random.PRNGKey(0)
+    state = training.init_train_state(jax.random.PRNGKey(1), model_config)
+    hidden = model.zero_hidden(model_config, batch_size)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    data_bytes = sum(x.nbytes for x in jax.tree.leaves(chunks))
+
+    t0 = time.perf_counter()
+    chunk_of = lambda c: jax.tree.map(lambda a: a[c], chunks)  # noqa: E731
+    compiled = training.make_train_chunk(model_config, config).lower(
+        state, hidden, chunk_of(0), run_key, sampler, log_support).compile()
+    compile_seconds = time.perf_counter() - t0
+
+    times, events, n_steps = [], [], []
+    for c in range(min(FLAGS.timed_chunks + 1, chunks["inputs"].shape[0])):
+        t0 = time.perf_counter()
+        state, hidden, stats = compiled(state, hidden, chunk_of(c), run_key, sampler, log_support)
+        jax.block_until_ready(stats)
+        if c:  # the first chunk warms up
+            times.append(time.perf_counter() - t0)
+            events.append(int(stats[2]))
+            n_steps.append(int(stats[1]))
+    train_eps = statistics.median(e / t for e, t in zip(events, times))
+    train_mbs = statistics.median(s / t for s, t in zip(n_steps, times))
+
+    # Evaluation on fresh sessions of the same catalogue.
+    test = synthetic.generate_sessions(max(FLAGS.eval_events // 4, 1), n_items, seed=1)
+    kwargs = dict(batch_size=FLAGS.eval_batch_size, cutoffs=(20,))
+    evaluation.evaluate(state.params, model_config, test, **kwargs)  # compile
+    t0 = time.perf_counter()
+    result = evaluation.evaluate(state.params, model_config, test, **kwargs)
+    eval_seconds = time.perf_counter() - t0
+    eval_schedule = batching.session_parallel_schedule(test, FLAGS.eval_batch_size)
+    eval_step = eval_seconds / eval_schedule.n_steps
+
+    x = jax.random.normal(jax.random.PRNGKey(2), (FLAGS.eval_batch_size, h))
+    matmul = jax.jit(lambda x, w: x @ w.T)
+    matmul(x, state.params["tables"]["Wy"]).block_until_ready()
+    matmul_times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        matmul(x, state.params["tables"]["Wy"]).block_until_ready()
+        matmul_times.append(time.perf_counter() - t0)
+    matmul_step = statistics.median(matmul_times)
+
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        peak, peak_kind = stats["peak_bytes_in_use"], "device"
+    else:
+        peak, peak_kind = _vm_hwm_bytes() - baseline, "host RSS above baseline"
+    return {
+        "config": config_name, "items": n_items, "h": h, "batch_size": batch_size, "n_sample": n_sample,
+        "loss": loss, "device": f"{device.platform}:{device.device_kind}",
+        "train_events_per_sec": train_eps, "train_batches_per_sec": train_mbs,
+        "compile_seconds": compile_seconds, "eval_events_per_sec": result["n_eval_events"] / eval_seconds,
+        "eval_over_matmul": matmul_step / eval_step,
+        "peak_bytes": peak, "peak_kind": peak_kind, "state_bytes": state_bytes, "data_bytes": data_bytes,
+        "peak_over_state_and_data": peak / (state_bytes + data_bytes),
+    }
+
+
+def _row(r: dict) -> str:
+    mb = 1 << 20
+    return (f"| {r['config']} | {r['items']:,} | {r['h']} | {r['batch_size']} | {r['train_events_per_sec']:,.0f} | "
+            f"{r['train_batches_per_sec']:,.0f} | {r['compile_seconds']:.1f} | {r['eval_events_per_sec']:,.0f} | "
+            f"{r['eval_over_matmul']:.2f} | {r['peak_bytes'] / mb:,.0f} | {(r['state_bytes'] + r['data_bytes']) / mb:,.0f} |")
+
+
+HEADER = ("| config | items | h | B | train events/s | mini-batches/s | compile s | eval events/s | "
+          "eval/matmul | peak MiB | state+data MiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv):
+    del argv
+    if FLAGS.single:
+        name, items = FLAGS.single.split(":")
+        print(json.dumps(run_one(name, int(items))))
+        return
+    unknown = [c for c in FLAGS.configs if c not in CONFIGS]
+    if unknown:
+        sys.exit(f"error: unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    try:
+        items = [int(i) for i in FLAGS.items]
+    except ValueError:
+        sys.exit(f"error: --items must be integers, got {','.join(FLAGS.items)}")
+    rows = []
+    print(HEADER, flush=True)
+    for name in FLAGS.configs:
+        for n in items:
+            args = [sys.executable, "-m", "experiments.benchmark", f"--single={name}:{n}"]
+            args += [f"--{f}={FLAGS[f].value}" for f in ("chunk_steps", "timed_chunks", "eval_batch_size",
+                                                          "eval_events")]
+            out = subprocess.run(args, capture_output=True, text=True,
+                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            if out.returncode != 0:
+                print(f"| {name} | {n:,} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'} |",
+                      flush=True)
+                continue
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(_row(row), flush=True)
+    if rows:
+        print(f"device: {rows[0]['device']}")
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
