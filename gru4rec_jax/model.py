@@ -29,6 +29,7 @@ __all__ = [
     "gru_cell",
     "embed_inputs",
     "forward_step",
+    "dropout_masks",
     "score_all",
     "zero_hidden",
 ]
@@ -120,10 +121,33 @@ def gru_cell(layer: dict, x_proj: jax.Array, hidden: jax.Array) -> jax.Array:
     return (1.0 - update) * hidden + update * candidate
 
 
-def _dropout(key, x, rate):
-    if rate <= 0.0:
+def dropout_masks(
+    key: jax.Array,
+    config: ModelConfig,
+    batch_size: int,
+    dropout_p_embed: float,
+    dropout_p_hidden: float,
+) -> list[jax.Array | None]:
+    """Keep masks of one training step: [input, layer 1, ..., layer L]; None where the rate is 0.
+
+    In one-hot mode the input mask has shape (B, 1): dropping out a one-hot
+    input vector scales or zeroes its single nonzero entry, i.e. the whole
+    gathered row. Drawing masks apart from the forward pass lets training draw
+    a whole chunk's masks in one vectorised call.
+    """
+    keys = jax.random.split(key, len(config.layers) + 1)
+    input_shape = (batch_size, 1 if config.embedding == "onehot" else config.input_dim)
+    shapes = [input_shape] + [(batch_size, h) for h in config.layers]
+    rates = [dropout_p_embed] + [dropout_p_hidden] * len(config.layers)
+    return [
+        jax.random.bernoulli(k, 1.0 - rate, shape) if rate > 0 else None
+        for k, shape, rate in zip(keys, shapes, rates)
+    ]
+
+
+def _apply_dropout(x, keep, rate):
+    if keep is None:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
@@ -142,6 +166,7 @@ def forward_step(
     dropout_key: jax.Array | None = None,
     dropout_p_embed: float = 0.0,
     dropout_p_hidden: float = 0.0,
+    masks: Sequence[jax.Array | None] | None = None,
 ) -> tuple[jax.Array, list[jax.Array]]:
     """Runs every GRU layer for one time step.
 
@@ -149,28 +174,21 @@ def forward_step(
       layers: the per-layer dense parameters.
       input_rows: (B, d) rows from :func:`embed_inputs`.
       hidden: per-layer states, each (B, h_l).
-      dropout_key: None for inference (no dropout).
+      dropout_key: draws the dropout masks (:func:`dropout_masks`); or pass
+        ``masks`` drawn beforehand. Neither: inference, no dropout.
     Returns ``(output, new_hidden)``: the last layer's output (B, h_L), after
     dropout, and the new states. The state carried forward is each layer's
     output AFTER dropout, as in the reference.
     """
-    training = dropout_key is not None
-    keys = jax.random.split(dropout_key, len(layers) + 1) if training else [None] * (len(layers) + 1)
-    x = input_rows
-    if training:
-        # In one-hot mode this is exactly inverted dropout of the one-hot input
-        # vector: its single nonzero entry scales (or zeroes) the gathered row.
-        if config.embedding == "onehot" and dropout_p_embed > 0:
-            keep = jax.random.bernoulli(keys[0], 1.0 - dropout_p_embed, (x.shape[0], 1))
-            x = jnp.where(keep, x / (1.0 - dropout_p_embed), 0.0)
-        else:
-            x = _dropout(keys[0], x, dropout_p_embed)
+    if dropout_key is not None:
+        masks = dropout_masks(dropout_key, config, input_rows.shape[0], dropout_p_embed, dropout_p_hidden)
+    if masks is None:
+        masks = [None] * (len(layers) + 1)
+    x = _apply_dropout(input_rows, masks[0], dropout_p_embed)
     new_hidden = []
-    for i, (layer, h) in enumerate(zip(layers, hidden)):
+    for layer, h, keep in zip(layers, hidden, masks[1:]):
         x_proj = x + layer["b"] if "Wx" not in layer else x @ layer["Wx"] + layer["b"]
-        x = gru_cell(layer, x_proj, h)
-        if training:
-            x = _dropout(keys[i + 1], x, dropout_p_hidden)
+        x = _apply_dropout(gru_cell(layer, x_proj, h), keep, dropout_p_hidden)
         new_hidden.append(x)
     return x, new_hidden
 

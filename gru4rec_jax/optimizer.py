@@ -105,7 +105,9 @@ def sparse_adagrad_momentum_update(
     Args:
       table, accumulator, velocity: (n, ...) arrays of the same shape.
       indices: (K,) touched rows, duplicates allowed; ``>= n`` means "none".
-      row_grads: (K, ...) gradient of each gathered row.
+        Or a tuple of such arrays (e.g. input rows and output rows), which
+        saves concatenating their gradients.
+      row_grads: (K, ...) gradient of each gathered row; a tuple if indices is.
       strategy: how to compute the same result. ``"rows"`` works on the K
         touched rows only (sort, segment-sum, gather, scatter): O(K log K),
         independent of n. ``"masked"`` scatters the gradient into a table-sized
@@ -115,13 +117,16 @@ def sparse_adagrad_momentum_update(
     Returns the new ``(table, accumulator, velocity)``; only touched rows differ.
     """
     n = table.shape[0]
+    if not isinstance(indices, (tuple, list)):
+        indices, row_grads = (indices,), (row_grads,)
+    n_touched = sum(i.shape[0] for i in indices)
     if strategy == "auto":
-        strategy = "masked" if n <= _MASKED_MAX_RATIO * indices.shape[0] else "rows"
+        strategy = "masked" if n <= _MASKED_MAX_RATIO * n_touched else "rows"
     if strategy == "masked":
         return _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps)
     if strategy != "rows":
         raise ValueError(f"strategy must be auto, rows or masked, got {strategy!r}")
-    rows, grads = sum_duplicate_rows(indices, row_grads, n)
+    rows, grads = sum_duplicate_rows(jnp.concatenate(indices), jnp.concatenate(row_grads), n)
     acc_rows = accumulator.at[rows].get(mode="fill", fill_value=0) + jnp.square(grads)
     vel_rows = momentum * velocity.at[rows].get(mode="fill", fill_value=0) - (
         learning_rate * grads / jnp.sqrt(acc_rows + eps)
@@ -141,8 +146,11 @@ _MASKED_MAX_RATIO = 4
 
 def _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps):
     n = table.shape[0]
-    grads = jnp.zeros_like(table).at[indices].add(row_grads, mode="drop")
-    touched = jnp.zeros((n,), bool).at[indices].set(True, mode="drop")
+    grads = jnp.zeros_like(table)
+    touched = jnp.zeros((n,), bool)
+    for index, row_grad in zip(indices, row_grads):
+        grads = grads.at[index].add(row_grad, mode="drop")
+        touched = touched.at[index].set(True, mode="drop")
     touched = touched.reshape((n,) + (1,) * (table.ndim - 1))
     acc = jnp.where(touched, accumulator + jnp.square(grads), accumulator)
     vel = jnp.where(touched, momentum * velocity - learning_rate * grads / jnp.sqrt(acc + eps), velocity)

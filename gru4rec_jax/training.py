@@ -155,13 +155,13 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
     labels = losses_lib.gru4rec_labels(B, B + S)
     use_logq = config.loss == "cross-entropy" and config.logq > 0
 
-    def objective(layers, input_rows, output_rows, output_bias, hidden, where, columns, key, log_support):
+    def objective(layers, input_rows, output_rows, output_bias, hidden, where, columns, masks, log_support):
         output, new_hidden = model_lib.forward_step(
             layers,
             input_rows,
             hidden,
             model_config,
-            dropout_key=key,
+            masks=masks,
             dropout_p_embed=config.dropout_p_embed,
             dropout_p_hidden=config.dropout_p_hidden,
         )
@@ -176,13 +176,21 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
 
     grad_fn = jax.value_and_grad(objective, argnums=(0, 1, 2, 3), has_aux=True)
 
-    def train_step(state: TrainState, hidden, batch, run_key, sampler, log_support):
-        inputs, targets, active, reset = batch
+    def step_randomness(run_key, step, sampler):
+        """Negative samples and dropout masks of one step, keyed by the global step."""
+        key_sample, key_dropout = jax.random.split(jax.random.fold_in(run_key, step))
+        samples = sampling.draw_negatives(key_sample, sampler, S) if S > 0 else None
+        masks = model_lib.dropout_masks(
+            key_dropout, model_config, B, config.dropout_p_embed, config.dropout_p_hidden
+        )
+        return samples, masks
+
+    def train_step(state: TrainState, hidden, batch, log_support):
+        inputs, targets, active, reset, samples, masks = batch
         hidden = [jnp.where(reset[:, None], 0.0, h) for h in hidden]
-        key_sample, key_dropout = jax.random.split(jax.random.fold_in(run_key, state.step))
         columns, column_valid = targets, active
         if S > 0:
-            columns = jnp.concatenate([targets, sampling.draw_negatives(key_sample, sampler, S)])
+            columns = jnp.concatenate([targets, samples])
             column_valid = jnp.concatenate([active, jnp.ones((S,), bool)])
         tables = state.params["tables"]
         input_rows = tables[input_table][inputs]
@@ -190,7 +198,7 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         where = active[:, None] & column_valid[None, :]
         (loss, new_hidden), grads = grad_fn(
             state.params["layers"], input_rows, output_rows, output_bias,
-            hidden, where, columns, key_dropout, log_support,
+            hidden, where, columns, masks, log_support,
         )
         g_layers, g_input, g_output, g_bias = grads
 
@@ -202,10 +210,7 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         output_index = jnp.where(column_valid, columns, n_items)
         touched = {"By": (output_index, g_bias)}
         if input_table == "Wy":
-            touched["Wy"] = (
-                jnp.concatenate([input_index, output_index]),
-                jnp.concatenate([g_input, g_output]),
-            )
+            touched["Wy"] = ((input_index, output_index), (g_input, g_output))
         else:
             touched["Wy"] = (output_index, g_output)
             touched[input_table] = (input_index, g_input)
@@ -223,13 +228,13 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         )
         return state, new_hidden, loss
 
-    def scan_body(carry, batch, run_key, sampler, log_support):
+    def scan_body(carry, batch, log_support):
         state, hidden, loss_sum, n_steps, n_events = carry
         active = batch[2]
 
         def run(operands):
             state, hidden = operands
-            return train_step(state, hidden, batch, run_key, sampler, log_support)
+            return train_step(state, hidden, batch, log_support)
 
         def skip(operands):
             state, hidden = operands
@@ -247,9 +252,15 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_chunk(state, hidden, chunk, run_key, sampler, log_support):
-        batches = (chunk["inputs"], chunk["targets"], chunk["active"], chunk["reset"])
+        # The chunk's random draws in one vectorised call (many small per-step
+        # calls are slow on CPU); step t still uses fold_in(run_key, t), so
+        # results do not depend on the chunk length. Padding steps sit at the
+        # end of the last chunk, so real steps are numbered consecutively.
+        steps = state.step + jnp.arange(chunk["inputs"].shape[0], dtype=jnp.int32)
+        samples, masks = jax.vmap(step_randomness, in_axes=(None, 0, None))(run_key, steps, sampler)
+        batches = (chunk["inputs"], chunk["targets"], chunk["active"], chunk["reset"], samples, masks)
         zero_f, zero_i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
-        body = functools.partial(scan_body, run_key=run_key, sampler=sampler, log_support=log_support)
+        body = functools.partial(scan_body, log_support=log_support)
         (state, hidden, loss_sum, n_steps, n_events), _ = jax.lax.scan(
             body, (state, hidden, zero_f, zero_i, zero_i), batches
         )
@@ -324,7 +335,9 @@ def fit(
         schedule = session_parallel_schedule(sessions, config.batch_size)
     if schedule.n_steps == 0:
         raise TrainingError("the training data has no session with 2 or more events")
-    chunk_steps = min(config.chunk_steps, schedule.n_steps)
+    # Equal chunks of at most config.chunk_steps steps: the least padding.
+    n_chunks = -(-schedule.n_steps // config.chunk_steps)
+    chunk_steps = -(-schedule.n_steps // n_chunks)
     chunks = jax.device_put(schedule.padded_chunks(chunk_steps))
     n_chunks = chunks["inputs"].shape[0]
     support = sampling.item_support(sessions.items, model_config.n_items)
