@@ -30,16 +30,7 @@ import time
 
 from absl import app, flags
 
-CONFIGS = {
-    # name: (loss, h, B, S, extra training parameters)
-    "rsc15_xe": ("cross-entropy", 100, 32, 2048, dict(dropout_p_hidden=0.4, learning_rate=0.2, momentum=0.2,
-                                                     sample_alpha=0.5, logq=1.0)),
-    "retailrocket_bprmax": ("bpr-max", 224, 80, 2048, dict(dropout_p_embed=0.5, dropout_p_hidden=0.05,
-                                                           learning_rate=0.05, momentum=0.4, sample_alpha=0.4,
-                                                           bpreg=1.95, elu_param=0.5)),
-    "large_xe": ("cross-entropy", 512, 128, 2048, dict(dropout_p_hidden=0.2, learning_rate=0.05, sample_alpha=0.5,
-                                                       logq=1.0)),
-}
+from experiments.benchmark_configs import CONFIGS
 
 flags.DEFINE_list("configs", list(CONFIGS), f"Configurations among {sorted(CONFIGS)}.")
 flags.DEFINE_list("items", ["3000", "40000", "1000000"], "Catalogue sizes.")
@@ -48,6 +39,9 @@ flags.DEFINE_integer("timed_chunks", 5, "Timed training chunks (median reported)
 flags.DEFINE_integer("eval_batch_size", 512, "Evaluation lanes.")
 flags.DEFINE_integer("eval_events", 20000, "Approximate number of evaluated events.")
 flags.DEFINE_string("json_out", "", "Write the table as JSON here.")
+flags.DEFINE_enum("table_update", "auto", ["auto", "rows", "masked"], "Item-table update strategy.")
+flags.DEFINE_enum("matmul_precision", "highest", ["default", "high", "highest"],
+                  "Float32 matrix product precision (as in experiments.train).")
 flags.DEFINE_string("single", "", "Internal: run one 'config:items' row in this process.")
 FLAGS = flags.FLAGS
 
@@ -83,6 +77,7 @@ def run_one(config_name: str, n_items: int) -> dict:
 
     from gru4rec_jax import batching, evaluation, model, sampling, synthetic, training
 
+    jax.config.update("jax_default_matmul_precision", FLAGS.matmul_precision)
     device = jax.devices()[0]
     jnp.zeros(1).block_until_ready()
     _reset_peak_rss()
@@ -95,7 +90,7 @@ def run_one(config_name: str, n_items: int) -> dict:
     sessions = synthetic.generate_sessions(n_sessions, n_items, seed=0)
     model_config = model.ModelConfig(n_items=n_items, layers=(h,))
     config = training.TrainConfig(loss=loss, batch_size=batch_size, n_sample=n_sample,
-                                  chunk_steps=FLAGS.chunk_steps, **extra)
+                                  chunk_steps=FLAGS.chunk_steps, table_update=FLAGS.table_update, **extra)
     schedule = batching.session_parallel_schedule(sessions, batch_size)
     chunks = jax.device_put(schedule.padded_chunks(FLAGS.chunk_steps))
     support = np.maximum(sampling.item_support(sessions.items, n_items), 1.0)
@@ -135,6 +130,14 @@ def run_one(config_name: str, n_items: int) -> dict:
     eval_schedule = batching.session_parallel_schedule(test, FLAGS.eval_batch_size)
     eval_step = eval_seconds / eval_schedule.n_steps
 
+    # Peak memory of training and evaluation, read before the bare product
+    # below allocates its own (lanes x n) output.
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        peak, peak_kind = stats["peak_bytes_in_use"], "device"
+    else:
+        peak, peak_kind = _vm_hwm_bytes() - baseline, "host RSS above baseline"
+
     x = jax.random.normal(jax.random.PRNGKey(2), (FLAGS.eval_batch_size, h))
     matmul = jax.jit(lambda x, w: x @ w.T)
     matmul(x, state.params["tables"]["Wy"]).block_until_ready()
@@ -145,11 +148,6 @@ def run_one(config_name: str, n_items: int) -> dict:
         matmul_times.append(time.perf_counter() - t0)
     matmul_step = statistics.median(matmul_times)
 
-    stats = device.memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        peak, peak_kind = stats["peak_bytes_in_use"], "device"
-    else:
-        peak, peak_kind = _vm_hwm_bytes() - baseline, "host RSS above baseline"
     return {
         "config": config_name, "items": n_items, "h": h, "batch_size": batch_size, "n_sample": n_sample,
         "loss": loss, "device": f"{device.platform}:{device.device_kind}",
@@ -191,7 +189,7 @@ def main(argv):
         for n in items:
             args = [sys.executable, "-m", "experiments.benchmark", f"--single={name}:{n}"]
             args += [f"--{f}={FLAGS[f].value}" for f in ("chunk_steps", "timed_chunks", "eval_batch_size",
-                                                          "eval_events")]
+                                                          "eval_events", "matmul_precision", "table_update")]
             out = subprocess.run(args, capture_output=True, text=True,
                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             if out.returncode != 0:

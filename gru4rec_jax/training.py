@@ -69,6 +69,7 @@ class TrainConfig:
     n_epochs: int = 10
     seed: int = 0
     chunk_steps: int = 512
+    table_update: str = "auto"  # auto | rows | masked: see optimizer.sparse_adagrad_momentum_update
 
     def __post_init__(self):
         checks = [
@@ -86,6 +87,7 @@ class TrainConfig:
             (self.final_act in FINAL_ACTIVATIONS, f"final_act must be one of {FINAL_ACTIVATIONS}"),
             (self.n_epochs >= 0, "n_epochs must be >= 0"),
             (self.chunk_steps >= 1, "chunk_steps must be >= 1"),
+            (self.table_update in ("auto", "rows", "masked"), "table_update must be auto, rows or masked"),
         ]
         for ok, message in checks:
             if not ok:
@@ -150,6 +152,7 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         optimizer_lib.sparse_adagrad_momentum_update,
         learning_rate=config.learning_rate,
         momentum=config.momentum,
+        strategy=config.table_update,
     )
     input_table = {"shared": "Wy", "separate": "E", "onehot": "Wx0"}[model_config.embedding]
     labels = losses_lib.gru4rec_labels(B, B + S)

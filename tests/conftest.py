@@ -2,7 +2,12 @@
 
 import os
 
+import jax
 import pytest
+
+# Full float32 matrix products on every backend, so that tolerances written for
+# float32 hold on GPUs too (their default may use TF32).
+jax.config.update("jax_default_matmul_precision", "highest")
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

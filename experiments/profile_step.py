@@ -1,0 +1,88 @@
+r"""Where the time of one training step goes, per compiled operation.
+
+    python -m experiments.profile_step --config=rsc15_xe --items=3000
+
+Runs ``--steps`` training steps of a benchmark configuration under
+``jax.profiler``, then prints the device time per step of each XLA operation
+(top ``--top``), with the HLO instruction it came from. On CPU it enables
+XLA's per-operation trace events (``--xla_cpu_enable_xprof_traceme``).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import tempfile
+
+# Per-operation trace events on CPU must be switched on before JAX starts.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+
+from absl import app, flags  # noqa: E402
+
+from experiments.benchmark_configs import CONFIGS  # noqa: E402
+
+flags.DEFINE_enum("config", "rsc15_xe", list(CONFIGS), "Benchmark configuration.")
+flags.DEFINE_integer("items", 3000, "Catalogue size.")
+flags.DEFINE_integer("steps", 128, "Profiled training steps (one chunk).")
+flags.DEFINE_integer("top", 25, "Operations to list.")
+FLAGS = flags.FLAGS
+
+# Host-side bookkeeping events that are not operations of the step.
+_NOT_OPS = ("$", "Thunk", "Task", "Slinky", "np.", "PjRt", "Execute", "Compile", "Codegen")
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from gru4rec_jax import batching, model, sampling, synthetic, training
+
+    loss, h, batch_size, n_sample, extra = CONFIGS[FLAGS.config]
+    sessions = synthetic.generate_sessions(FLAGS.steps * batch_size // 3 + batch_size, FLAGS.items, seed=0)
+    model_config = model.ModelConfig(n_items=FLAGS.items, layers=(h,))
+    config = training.TrainConfig(loss=loss, batch_size=batch_size, n_sample=n_sample, **extra)
+    schedule = batching.session_parallel_schedule(sessions, batch_size)
+    chunk = jax.tree.map(lambda a: a[0], jax.device_put(schedule.padded_chunks(FLAGS.steps)))
+    support = sampling.item_support(sessions.items, FLAGS.items) + 1.0
+    sampler = sampling.alias_table(support, config.sample_alpha)
+    log_support = jax.numpy.log(jax.numpy.asarray(support, jax.numpy.float32))
+    key = jax.random.PRNGKey(0)
+    train_chunk = training.make_train_chunk(model_config, config)
+    state = training.init_train_state(jax.random.PRNGKey(1), model_config)
+    hidden = model.zero_hidden(model_config, batch_size)
+    state, hidden, stats = train_chunk(state, hidden, chunk, key, sampler, log_support)  # compile, warm up
+    jax.block_until_ready(stats)
+    n_steps = int(stats[1])
+
+    trace_dir = tempfile.mkdtemp(prefix="gru4rec_profile_")
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    state, hidden, stats = train_chunk(state, hidden, chunk, key, sampler, log_support)
+    jax.block_until_ready(stats)
+    jax.profiler.stop_trace()
+
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
+    trace = json.load(gzip.open(path))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    total, count = collections.Counter(), collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not name.startswith(_NOT_OPS):
+            total[name] += event.get("dur", 0.0)
+            count[name] += 1
+    # Operations of the scanned step run once per step (a few run a fixed
+    # number of times per step); chunk-level ones once per call.
+    per_step = {n: d / n_steps for n, d in total.items() if count[n] >= n_steps}
+    device = jax.devices()[0]
+    print(f"{FLAGS.config}, {FLAGS.items} items, {n_steps} steps on {device.platform}:{device.device_kind}")
+    print(f"{'us/step':>9}  {'share':>6}  operation")
+    all_ops = sum(per_step.values())
+    for name, us in sorted(per_step.items(), key=lambda kv: -kv[1])[: FLAGS.top]:
+        print(f"{us:9.1f}  {100 * us / all_ops:5.1f}%  {name[:100]}")
+    print(f"{all_ops:9.1f}  100.0%  all per-step operations (profiler overhead included)")
+
+
+if __name__ == "__main__":
+    app.run(main)
