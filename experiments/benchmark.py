@@ -188,8 +188,9 @@ def main(argv):
     for name in FLAGS.configs:
         for n in items:
             args = [sys.executable, "-m", "experiments.benchmark", f"--single={name}:{n}"]
-            args += [f"--{f}={FLAGS[f].value}" for f in ("chunk_steps", "timed_chunks", "eval_batch_size",
-                                                          "eval_events", "matmul_precision", "table_update")]
+            passed_on = ("chunk_steps", "timed_chunks", "eval_batch_size", "eval_events", "matmul_precision",
+                         "table_update")
+            args += [f"--{f}={FLAGS[f].value}" for f in passed_on]
             out = subprocess.run(args, capture_output=True, text=True,
                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             if out.returncode != 0:

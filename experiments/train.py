@@ -35,6 +35,8 @@ _I("synthetic_seed", 0, "Seed of the built-in synthetic data.")
 flags.DEFINE_list("layers", ["100"], "GRU layer sizes, comma-separated.")
 flags.DEFINE_bool("constrained_embedding", True, "Shared input/output item embedding (Wy).")
 _I("embedding", 0, "Separate input embedding size; 0 = none (one-hot input unless constrained).")
+flags.DEFINE_enum("gru_cell", "gru4rec", ["gru4rec", "pytorch"],
+                  "GRU form: the original GRU4Rec cell, or torch.nn.GRUCell as in the official PyTorch port.")
 # Loss and sampling.
 flags.DEFINE_enum("loss", "cross-entropy", ["cross-entropy", "bpr-max", "top1-max", "top1", "bpr"], "Loss.")
 flags.DEFINE_enum("final_act", "auto", list(training.FINAL_ACTIVATIONS), "Final activation before the loss.")
@@ -110,6 +112,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
         layers=_int_list("layers"),
         embedding=embedding,
         embedding_dim=FLAGS.embedding,
+        cell=FLAGS.gru_cell,
         save_path=FLAGS.save_path,
         load_path=FLAGS.load_path,
         resume=bool(FLAGS.load_path) and FLAGS["n_epochs"].present,

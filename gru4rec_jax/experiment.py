@@ -56,6 +56,7 @@ class ExperimentConfig:
     layers: tuple[int, ...] = (100,)
     embedding: str = "shared"  # shared | separate | onehot
     embedding_dim: int = 0
+    cell: str = "gru4rec"  # gru4rec | pytorch
     save_path: str = ""
     load_path: str = ""
     resume: bool = False  # with load_path: train on up to train.n_epochs
@@ -136,7 +137,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         item_map = data_lib.ItemMap.from_training(train_table.item_ids)
         model_config = ModelConfig(
             n_items=len(item_map), layers=cfg.layers,
-            embedding=cfg.embedding, embedding_dim=cfg.embedding_dim,
+            embedding=cfg.embedding, embedding_dim=cfg.embedding_dim, cell=cfg.cell,
         )
         train_config, state, start_epoch, epoch_losses = cfg.train, None, 0, []
 

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 EMBEDDING_MODES = ("shared", "separate", "onehot")
+CELLS = ("gru4rec", "pytorch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,11 @@ class ModelConfig:
     layers: tuple[int, ...] = (100,)
     embedding: str = "shared"  # shared | separate | onehot
     embedding_dim: int = 0  # only for embedding == "separate"
+    cell: str = "gru4rec"  # gru4rec | pytorch (see gru_cell)
 
     def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
         if self.embedding not in EMBEDDING_MODES:
             raise ValueError(f"embedding mode must be one of {EMBEDDING_MODES}, got {self.embedding!r}")
         if not self.layers or min(self.layers) < 1:
@@ -100,24 +104,38 @@ def init_params(key: jax.Array, config: ModelConfig) -> dict:
         }
         if not (i == 0 and config.embedding == "onehot"):
             p["Wx"] = _gate_blocks(k_x, d_in, h, 3)
+            if config.cell == "pytorch":
+                p["bh"] = jnp.zeros((3 * h,), jnp.float32)
         layer_params.append(p)
         d_in = h
     return {"tables": tables, "layers": layer_params}
 
 
 def gru_cell(layer: dict, x_proj: jax.Array, hidden: jax.Array) -> jax.Array:
-    """One step of the original GRU4Rec cell.
+    """One step of the original GRU4Rec cell (the default).
 
     Args:
       layer: ``Wrz`` (h, 2h), ``Wh`` (h, h); ``x_proj`` already holds ``x @ Wx + b``
         with column blocks [candidate | reset | update], shape (B, 3h).
       hidden: (B, h) previous state.
     Returns the new state (B, h).
+
+    A layer with a recurrent bias ``bh`` (3h,) (``ModelConfig(cell="pytorch")``)
+    is instead ``torch.nn.GRUCell``, which the official PyTorch port uses for
+    its layers: the reset gate multiplies the recurrent product (plus its
+    bias) rather than the state. It exists to reproduce that port exactly;
+    the two forms reach the same ranking quality (README, "How it follows
+    the references").
     """
     h = hidden.shape[-1]
-    rz = jax.nn.sigmoid(x_proj[:, h:] + hidden @ layer["Wrz"])
-    reset, update = rz[:, :h], rz[:, h:]
-    candidate = jnp.tanh((reset * hidden) @ layer["Wh"] + x_proj[:, :h])
+    if "bh" in layer:
+        rz = jax.nn.sigmoid(x_proj[:, h:] + hidden @ layer["Wrz"] + layer["bh"][h:])
+        reset, update = rz[:, :h], rz[:, h:]
+        candidate = jnp.tanh(x_proj[:, :h] + reset * (hidden @ layer["Wh"] + layer["bh"][:h]))
+    else:
+        rz = jax.nn.sigmoid(x_proj[:, h:] + hidden @ layer["Wrz"])
+        reset, update = rz[:, :h], rz[:, h:]
+        candidate = jnp.tanh((reset * hidden) @ layer["Wh"] + x_proj[:, :h])
     return (1.0 - update) * hidden + update * candidate
 
 

@@ -356,3 +356,46 @@ def test_embed_inputs_uses_mode_table(embedding, name):
     items = np.array([3, 0, 11, 3])
     got = np.asarray(model_lib.embed_inputs(_to_jax(tables), jnp.asarray(items), config))
     np.testing.assert_array_equal(got, tables[name][items])
+
+
+def _np_torch_gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
+    """torch.nn.GRUCell, written from its documented equations (gate order r, z, n)."""
+    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
+    size = h.shape[1]
+    gi, gh = x @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+    r = sig(gi[:, :size] + gh[:, :size])
+    z = sig(gi[:, size:2 * size] + gh[:, size:2 * size])
+    n = np.tanh(gi[:, 2 * size:] + r * gh[:, 2 * size:])
+    return (1 - z) * n + z * h
+
+
+def test_pytorch_cell_equals_torch_gru_cell_equations():
+    """cell='pytorch' is torch.nn.GRUCell up to naming: its update gate u plays torch's 1 - z."""
+    rng = np.random.default_rng(3)
+    d, size, b = 5, 4, 3
+    x, h = rng.normal(size=(b, d)), rng.normal(size=(b, size))
+    layer = {"Wx": rng.normal(size=(d, 3 * size)), "b": rng.normal(size=3 * size),
+             "Wrz": rng.normal(size=(size, 2 * size)), "Wh": rng.normal(size=(size, size)),
+             "bh": rng.normal(size=3 * size)}
+    got = model_lib.gru_cell({k: jnp.asarray(v, jnp.float32) for k, v in layer.items()},
+                             jnp.asarray(x @ layer["Wx"] + layer["b"], jnp.float32), jnp.asarray(h, jnp.float32))
+    # Map our blocks [candidate | reset | update] onto torch's [r | z | n], with z = 1 - update:
+    # negate the update-gate weights and biases (sigmoid(-a) = 1 - sigmoid(a)).
+    s = size
+    w_ih = np.concatenate([layer["Wx"][:, s:2 * s], -layer["Wx"][:, 2 * s:], layer["Wx"][:, :s]], 1).T
+    b_ih = np.concatenate([layer["b"][s:2 * s], -layer["b"][2 * s:], layer["b"][:s]])
+    w_hh = np.concatenate([layer["Wrz"][:, :s], -layer["Wrz"][:, s:], layer["Wh"]], 1).T
+    b_hh = np.concatenate([layer["bh"][s:2 * s], -layer["bh"][2 * s:], layer["bh"][:s]])
+    want = _np_torch_gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_pytorch_cell_parameters_follow_the_port():
+    """Recurrent biases (zero) on every layer with an input matrix; one-hot layer 0 keeps the original form."""
+    params = model_lib.init_params(jax.random.PRNGKey(0), ModelConfig(n_items=9, layers=(4, 3), cell="pytorch"))
+    assert all(np.all(np.asarray(layer["bh"]) == 0) for layer in params["layers"])
+    onehot = model_lib.init_params(jax.random.PRNGKey(0), ModelConfig(
+        n_items=9, layers=(4, 3), embedding="onehot", cell="pytorch"))
+    assert "bh" not in onehot["layers"][0] and "bh" in onehot["layers"][1]
+    with pytest.raises(ValueError, match="cell must be one of"):
+        ModelConfig(n_items=9, cell="lstm")

@@ -48,7 +48,8 @@ def test_adagrad_momentum_matches_reference_over_steps(mu):
 
     for _ in range(5):
         # Mix of magnitudes incl. tiny gradients where eps placement matters, and exact zeros.
-        scale = {k: rng.choice([1e-4, 1e-2, 1.0], size=v.shape) for k, v in params.items()}
+        # Large ones too (1e3): a clipped gradient would not match the reference.
+        scale = {k: rng.choice([1e-4, 1e-2, 1.0, 1e3], size=v.shape) for k, v in params.items()}
         grads = {k: (rng.normal(size=v.shape) * scale[k]).astype(np.float32) for k, v in params.items()}
         grads["b"][0] = 0.0
         jparams, state = step(jparams, state, jax.tree.map(jnp.asarray, grads))
@@ -57,6 +58,19 @@ def test_adagrad_momentum_matches_reference_over_steps(mu):
             np.testing.assert_allclose(np.asarray(jparams[k]), ref[k][0], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(np.asarray(state.accumulator[k]), ref[k][1], rtol=1e-5, atol=1e-12)
             np.testing.assert_allclose(np.asarray(state.velocity[k]), ref[k][2], rtol=1e-4, atol=1e-6)
+
+
+def test_learning_rate_is_constant_over_many_steps():
+    """Guards LR decay: with gradients g, -g alternating, acc grows as t*g^2 and every step is
+    exactly lr/sqrt(t) in size (no schedule shrinks it further), for 200 steps."""
+    lr, g = 0.3, 2.0
+    tx = opt_lib.adagrad_momentum(lr)
+    p = {"w": jnp.zeros(())}
+    state = tx.init(p)
+    for t in range(1, 201):
+        grad = {"w": jnp.asarray(g if t % 2 else -g)}
+        updates, state = tx.update(grad, state, p)
+        assert float(jnp.abs(updates["w"])) == pytest.approx(lr * g / np.sqrt(t * g * g + 1e-6), rel=1e-5)
 
 
 def test_adagrad_momentum_first_step_size_is_lr():

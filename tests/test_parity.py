@@ -14,7 +14,7 @@ from gru4rec_jax import experiment, training
 pytestmark = pytest.mark.slow
 
 
-def _run(shared_data, **train_overrides):
+def _run(shared_data, cell="gru4rec", **train_overrides):
     base = dict(n_sample=2048, n_epochs=10, seed=0)
     base.update(train_overrides)
     layers = (base.pop("hidden"),)
@@ -26,6 +26,7 @@ def _run(shared_data, **train_overrides):
         train=training.TrainConfig(**base),
         eval=experiment.EvalConfig(mode="conservative", cutoffs=(20,)),
         layers=layers,
+        cell=cell,
     )
     return experiment.run(config, log=lambda message: None)
 
@@ -40,3 +41,15 @@ def test_bpr_max_retailrocket_parameters_match_reference(shared_data):
     assert metrics["mrr@20"] == pytest.approx(0.3644, rel=0.05)
     assert metrics["epoch_losses"][0] == pytest.approx(0.524, rel=0.05)
     assert metrics["epoch_losses"][-1] == pytest.approx(0.391, rel=0.05)
+
+
+def test_cross_entropy_rsc15_parameters_with_the_ports_cell_match_reference(shared_data):
+    """With torch.nn.GRUCell, as the port uses, the loss curve matches the port's too."""
+    metrics = _run(
+        shared_data, cell="pytorch", hidden=100, loss="cross-entropy", batch_size=32,
+        dropout_p_hidden=0.4, learning_rate=0.2, momentum=0.2, sample_alpha=0.5, logq=1.0,
+    )
+    assert metrics["recall@20"] == pytest.approx(0.6795, rel=0.05)
+    assert metrics["mrr@20"] == pytest.approx(0.3550, rel=0.05)
+    assert metrics["epoch_losses"][0] == pytest.approx(9.72, rel=0.03)
+    assert metrics["epoch_losses"][-1] == pytest.approx(6.16, rel=0.03)

@@ -73,6 +73,7 @@ def test_draw_negatives_popularity_differs_from_uniform():
     """Guards alpha being ignored: alpha=1 must favour popular items over alpha=0."""
     popular, rare = int(np.argmax(SUPPORT)), int(np.argmin(SUPPORT))
     key = jax.random.PRNGKey(9)
+
     def freq(alpha):
         draws = np.asarray(_draw(key, sampling.alias_table(SUPPORT, alpha), 20_000))
         return np.bincount(draws, minlength=len(SUPPORT)) / 20_000
