@@ -81,18 +81,45 @@ def _gate_blocks(key, rows, h, blocks):
     return jnp.concatenate([_uniform(k, (rows, h), rows, h) for k in keys], axis=1)
 
 
+# Item tables with more rows than this are drawn block by block (below).
+_INIT_BLOCK_ROWS = 1 << 16
+
+
+def _item_table(key, n, h, blocks=1):
+    """An item table (n, blocks * h) initialised like ``_gate_blocks`` with fans (n, h).
+
+    Up to ``_INIT_BLOCK_ROWS`` rows it is exactly ``_gate_blocks``. Larger
+    tables are drawn ``_INIT_BLOCK_ROWS`` rows at a time into the result (each
+    block from its own key; the last block overlaps the one before it), because
+    drawing a whole 1M-row table at once materialises its random bits several
+    times over and would set the run's peak memory.
+    """
+    if n <= _INIT_BLOCK_ROWS:
+        return _gate_blocks(key, n, h, blocks)
+    rows = _INIT_BLOCK_ROWS
+    n_blocks = -(-n // rows)
+
+    def fill(b, table):
+        start = jnp.minimum(b * rows, n - rows)
+        block_keys = jax.random.split(jax.random.fold_in(key, b), blocks)
+        block = jnp.concatenate([_uniform(k, (rows, h), n, h) for k in block_keys], axis=1)
+        return jax.lax.dynamic_update_slice(table, block, (start, 0))
+
+    return jax.lax.fori_loop(0, n_blocks, fill, jnp.zeros((n, blocks * h), jnp.float32))
+
+
 def init_params(key: jax.Array, config: ModelConfig) -> dict:
     """Reference initialisation: uniform +-sqrt(6/(fan_in+fan_out)) per gate block, zero biases."""
     n, layers = config.n_items, config.layers
     key_out, key_in, *layer_keys = jax.random.split(key, 2 + len(layers))
     tables = {
-        "Wy": _uniform(key_out, (n, layers[-1]), n, layers[-1]),
+        "Wy": _item_table(key_out, n, layers[-1]),
         "By": jnp.zeros((n,), jnp.float32),
     }
     if config.embedding == "separate":
-        tables["E"] = _uniform(key_in, (n, config.embedding_dim), n, config.embedding_dim)
+        tables["E"] = _item_table(key_in, n, config.embedding_dim)
     elif config.embedding == "onehot":
-        tables["Wx0"] = _gate_blocks(key_in, n, layers[0], 3)
+        tables["Wx0"] = _item_table(key_in, n, layers[0], blocks=3)
     layer_params = []
     d_in = config.input_dim
     for i, (h, k) in enumerate(zip(layers, layer_keys)):

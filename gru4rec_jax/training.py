@@ -7,7 +7,7 @@ score matrix and applies the optimizer (dense Adagrad-momentum for the GRU
 weights, row-sparse for the item tables) inside the scan body. PRNG keys are
 ``fold_in(run_key, global_step)``, so a resumed run draws exactly what an
 uninterrupted one would. Steps with no active lane (padding of the last chunk)
-are skipped.
+change nothing.
 """
 
 from __future__ import annotations
@@ -107,7 +107,10 @@ class TrainState:
     step: jax.Array  # global step counter (int32), keys the PRNG
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def init_train_state(key: jax.Array, model_config: model_lib.ModelConfig) -> TrainState:
+    """Fresh parameters and zero optimizer state. Compiled, so that drawing a large
+    table does not materialise its random bits next to it (peak memory)."""
     params = model_lib.init_params(key, model_config)
     zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
     return TrainState(
@@ -194,7 +197,8 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         columns, column_valid = targets, active
         if S > 0:
             columns = jnp.concatenate([targets, samples])
-            column_valid = jnp.concatenate([active, jnp.ones((S,), bool)])
+            # Samples are columns of every real step; a padding step touches no row.
+            column_valid = jnp.concatenate([active, jnp.broadcast_to(jnp.any(active), (S,))])
         tables = state.params["tables"]
         input_rows = tables[input_table][inputs]
         output_rows, output_bias = tables["Wy"][columns], tables["By"][columns]
@@ -205,8 +209,15 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         )
         g_layers, g_input, g_output, g_bias = grads
 
+        any_active = jnp.any(active)
         updates, dense_opt = dense_tx.update(g_layers, state.dense_opt)
         layers = optax.apply_updates(state.params["layers"], updates)
+        # A padding step (no active lane) must change nothing: with zero
+        # gradients momentum would still move the dense weights. (Item tables
+        # need no guard: such a step touches no row.)
+        keep_if_padding = lambda new, old: jnp.where(any_active, new, old)  # noqa: E731
+        layers = jax.tree.map(keep_if_padding, layers, state.params["layers"])
+        dense_opt = jax.tree.map(keep_if_padding, dense_opt, state.dense_opt)
 
         # Rows of inactive lanes are not touched (index n = "no row").
         input_index = jnp.where(active, inputs, n_items)
@@ -227,24 +238,18 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
             dense_opt=dense_opt,
             table_acc=new_acc,
             table_vel=new_vel,
-            step=state.step + 1,
+            step=state.step + any_active.astype(jnp.int32),
         )
         return state, new_hidden, loss
 
     def scan_body(carry, batch, log_support):
         state, hidden, loss_sum, n_steps, n_events = carry
         active = batch[2]
-
-        def run(operands):
-            state, hidden = operands
-            return train_step(state, hidden, batch, log_support)
-
-        def skip(operands):
-            state, hidden = operands
-            return state, hidden, jnp.zeros((), jnp.float32)
-
+        # Padding steps (the tail of the last chunk, kept short by equal-size
+        # chunks) run like the others but change nothing; a lax.cond to skip
+        # them costs more than it saves.
+        state, hidden, loss = train_step(state, hidden, batch, log_support)
         any_active = jnp.any(active)
-        state, hidden, loss = jax.lax.cond(any_active, run, skip, (state, hidden))
         return (
             state,
             hidden,

@@ -399,3 +399,19 @@ def test_pytorch_cell_parameters_follow_the_port():
     assert "bh" not in onehot["layers"][0] and "bh" in onehot["layers"][1]
     with pytest.raises(ValueError, match="cell must be one of"):
         ModelConfig(n_items=9, cell="lstm")
+
+
+@pytest.mark.parametrize("embedding", ["shared", "separate", "onehot"])
+def test_large_item_tables_are_drawn_blockwise_with_the_same_law(monkeypatch, embedding):
+    """Tables above the block size are filled block by block: every row drawn, per-block bounds kept."""
+    monkeypatch.setattr(model_lib, "_INIT_BLOCK_ROWS", 16)
+    n, h = 50, 4  # 4 blocks, the last one overlapping the third
+    config = ModelConfig(n_items=n, layers=(h,), embedding=embedding, embedding_dim=3 if embedding == "separate" else 0)
+    tables = model_lib.init_params(jax.random.PRNGKey(0), config)["tables"]
+    name, width = {"shared": ("Wy", h), "separate": ("E", 3), "onehot": ("Wx0", 3 * h)}[embedding]
+    table = np.asarray(tables[name])
+    assert table.shape == (n, width)
+    fan = h if embedding != "separate" else 3
+    assert np.all(np.abs(table) <= math.sqrt(6.0 / (n + fan)))
+    assert np.all(np.any(table != 0, axis=1))  # no row left at zero
+    assert len({tuple(np.round(r, 6)) for r in table}) == n  # blocks are not copies of each other
