@@ -145,7 +145,7 @@ def evaluate(
     mode: str = "conservative",
     batch_size: int = 512,
     chunk_steps: int = 256,
-    item_block: int = 131072,
+    item_block: int = 65536,
 ) -> dict:
     """Recall@K and MRR@K over all next-item events of ``sessions``.
 
