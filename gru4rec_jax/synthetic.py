@@ -23,27 +23,12 @@ from gru4rec_jax.data import EventTable, Sessions
 __all__ = ["generate_events", "generate_sessions", "generate_train_test"]
 
 
-def generate_events(
-    n_sessions: int = 6000,
-    n_items: int = 1000,
-    *,
-    seed: int = 0,
-    zipf: float = 1.1,
-    n_successors: int = 3,
-    follow_p: float = 0.8,
-    mean_length: float = 5.0,
-    start_time: float = 1.6e9,
-    span_seconds: float = 14 * 86400.0,
-) -> EventTable:
-    """Synthetic sessions; session ids ``0..n_sessions-1``, item ids ``"i<k>"``.
+def generate_events(n_sessions: int = 6000, n_items: int = 1000, *, seed: int = 0, **shape) -> EventTable:
+    """Synthetic sessions as an event table; session ids ``0..n_sessions-1``, item ids ``"i<k>"``.
 
-    Session lengths are 2 + Poisson(mean_length - 2); sessions start uniformly
-    over ``span_seconds`` and events are 10-120 s apart.
+    ``shape`` passes on the keyword parameters of :func:`generate_sessions`.
     """
-    sessions = generate_sessions(
-        n_sessions, n_items, seed=seed, zipf=zipf, n_successors=n_successors, follow_p=follow_p,
-        mean_length=mean_length, start_time=start_time, span_seconds=span_seconds,
-    )
+    sessions = generate_sessions(n_sessions, n_items, seed=seed, **shape)
     # Item ids are opaque strings; shuffle the labels so that the id order
     # carries no popularity information.
     labels = np.random.default_rng(seed + 1).permutation(n_items)
@@ -66,9 +51,11 @@ def generate_sessions(
     start_time: float = 1.6e9,
     span_seconds: float = 14 * 86400.0,
 ) -> Sessions:
-    """The same generator at the level of item indices ``0..n_items-1`` (index 0 most popular).
+    """Synthetic sessions over item indices ``0..n_items-1`` (index 0 the most popular).
 
-    Used directly by benchmarks that need a catalogue of an exact size.
+    Session lengths are 2 + Poisson(mean_length - 2); sessions start uniformly
+    over ``span_seconds`` and events are 10-120 s apart. Used directly by
+    benchmarks that need a catalogue of an exact size.
     """
     if n_sessions < 1 or n_items < 2:
         raise ValueError("need n_sessions >= 1 and n_items >= 2")
