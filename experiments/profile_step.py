@@ -15,6 +15,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import tempfile
 
 # Per-operation trace events on CPU must be switched on before JAX starts.
@@ -34,6 +35,18 @@ FLAGS = flags.FLAGS
 _NOT_OPS = ("$", "Thunk", "Task", "Slinky", "np.", "PjRt", "Execute", "Compile", "Codegen")
 
 
+def _source_of_instructions(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the JAX operation it came from (the tail of its op_name)."""
+    source = {}
+    for match in re.finditer(r"%([\w.-]+) = [^\n]*?op_name=\"([^\"]+)\"", hlo_text):
+        path = match.group(2).replace("jit(train_chunk)/", "").replace("while/body/", "")
+        path = path.replace("closed_call/", "")
+        # Keep the training step's named scope (gather_rows, loss_and_gradients, ...) and the op.
+        parts = path.split("/")
+        source[match.group(1)] = parts[0] + ("/.../" if len(parts) > 2 else "/") + parts[-1]
+    return source
+
+
 def main(argv):
     del argv
     import jax
@@ -50,10 +63,12 @@ def main(argv):
     sampler = sampling.alias_table(support, config.sample_alpha)
     log_support = jax.numpy.log(jax.numpy.asarray(support, jax.numpy.float32))
     key = jax.random.PRNGKey(0)
-    train_chunk = training.make_train_chunk(model_config, config)
     state = training.init_train_state(jax.random.PRNGKey(1), model_config)
     hidden = model.zero_hidden(model_config, batch_size)
-    state, hidden, stats = train_chunk(state, hidden, chunk, key, sampler, log_support)  # compile, warm up
+    train_chunk = training.make_train_chunk(model_config, config).lower(
+        state, hidden, chunk, key, sampler, log_support).compile()
+    source = _source_of_instructions(train_chunk.as_text())
+    state, hidden, stats = train_chunk(state, hidden, chunk, key, sampler, log_support)  # warm up
     jax.block_until_ready(stats)
     n_steps = int(stats[1])
 
@@ -77,11 +92,16 @@ def main(argv):
     per_step = {n: d / n_steps for n, d in total.items() if count[n] >= n_steps}
     device = jax.devices()[0]
     print(f"{FLAGS.config}, {FLAGS.items} items, {n_steps} steps on {device.platform}:{device.device_kind}")
-    print(f"{'us/step':>9}  {'share':>6}  operation")
+    print(f"{'us/step':>9}  {'share':>6}  {'operation':32s} from")
     all_ops = sum(per_step.values())
     for name, us in sorted(per_step.items(), key=lambda kv: -kv[1])[: FLAGS.top]:
-        print(f"{us:9.1f}  {100 * us / all_ops:5.1f}%  {name[:100]}")
+        print(f"{us:9.1f}  {100 * us / all_ops:5.1f}%  {name:32s} {source.get(name, '')}")
     print(f"{all_ops:9.1f}  100.0%  all per-step operations (profiler overhead included)")
+    by_scope = collections.Counter()
+    for name, us in per_step.items():
+        by_scope[source.get(name, "?").split("/")[0]] += us
+    print("by part of the step: " + ", ".join(
+        f"{scope} {100 * us / all_ops:.0f}%" for scope, us in by_scope.most_common()))
 
 
 if __name__ == "__main__":

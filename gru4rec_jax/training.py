@@ -200,24 +200,28 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
             # Samples are columns of every real step; a padding step touches no row.
             column_valid = jnp.concatenate([active, jnp.broadcast_to(jnp.any(active), (S,))])
         tables = state.params["tables"]
-        input_rows = tables[input_table][inputs]
-        output_rows, output_bias = tables["Wy"][columns], tables["By"][columns]
+        # Named scopes label the profile of experiments/profile_step.py.
+        with jax.named_scope("gather_rows"):
+            input_rows = tables[input_table][inputs]
+            output_rows, output_bias = tables["Wy"][columns], tables["By"][columns]
         where = active[:, None] & column_valid[None, :]
-        (loss, new_hidden), grads = grad_fn(
-            state.params["layers"], input_rows, output_rows, output_bias,
-            hidden, where, columns, masks, log_support,
-        )
+        with jax.named_scope("loss_and_gradients"):
+            (loss, new_hidden), grads = grad_fn(
+                state.params["layers"], input_rows, output_rows, output_bias,
+                hidden, where, columns, masks, log_support,
+            )
         g_layers, g_input, g_output, g_bias = grads
 
         any_active = jnp.any(active)
-        updates, dense_opt = dense_tx.update(g_layers, state.dense_opt)
-        layers = optax.apply_updates(state.params["layers"], updates)
-        # A padding step (no active lane) must change nothing: with zero
-        # gradients momentum would still move the dense weights. (Item tables
-        # need no guard: such a step touches no row.)
-        keep_if_padding = lambda new, old: jnp.where(any_active, new, old)  # noqa: E731
-        layers = jax.tree.map(keep_if_padding, layers, state.params["layers"])
-        dense_opt = jax.tree.map(keep_if_padding, dense_opt, state.dense_opt)
+        with jax.named_scope("dense_update"):
+            updates, dense_opt = dense_tx.update(g_layers, state.dense_opt)
+            layers = optax.apply_updates(state.params["layers"], updates)
+            # A padding step (no active lane) must change nothing: with zero
+            # gradients momentum would still move the dense weights. (Item tables
+            # need no guard: such a step touches no row.)
+            keep_if_padding = lambda new, old: jnp.where(any_active, new, old)  # noqa: E731
+            layers = jax.tree.map(keep_if_padding, layers, state.params["layers"])
+            dense_opt = jax.tree.map(keep_if_padding, dense_opt, state.dense_opt)
 
         # Rows of inactive lanes are not touched (index n = "no row").
         input_index = jnp.where(active, inputs, n_items)
@@ -230,9 +234,10 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
             touched[input_table] = (input_index, g_input)
         new_tables, new_acc, new_vel = dict(tables), dict(state.table_acc), dict(state.table_vel)
         for name, (index, row_grads) in touched.items():
-            new_tables[name], new_acc[name], new_vel[name] = sparse_update(
-                tables[name], state.table_acc[name], state.table_vel[name], index, row_grads
-            )
+            with jax.named_scope(f"table_update_{name}"):
+                new_tables[name], new_acc[name], new_vel[name] = sparse_update(
+                    tables[name], state.table_acc[name], state.table_vel[name], index, row_grads
+                )
         state = TrainState(
             params={"tables": new_tables, "layers": layers},
             dense_opt=dense_opt,
