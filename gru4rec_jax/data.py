@@ -115,12 +115,21 @@ def write_events(
     session_key: str = "SessionId",
     item_key: str = "ItemId",
     time_key: str = "Time",
+    user_key: str = "UserId",
 ) -> None:
-    """Writes ``table`` as a TSV that :func:`read_events` reads back."""
+    """Writes ``table`` as a TSV that :func:`read_events` reads back (user column first, if any).
+
+    Times are written with ``repr`` precision, so that they read back unchanged.
+    """
+    columns = [table.session_ids, table.item_ids, [repr(float(t)) for t in table.times]]
+    header = [session_key, item_key, time_key]
+    if table.user_ids is not None:
+        columns.insert(0, table.user_ids)
+        header.insert(0, user_key)
     with open(path, "wt", encoding="utf-8") as f:
-        f.write(f"{session_key}\t{item_key}\t{time_key}\n")
-        for s, i, t in zip(table.session_ids, table.item_ids, table.times):
-            f.write(f"{s}\t{i}\t{t:.3f}\n")
+        f.write("\t".join(header) + "\n")
+        for row in zip(*columns):
+            f.write("\t".join(map(str, row)) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)
