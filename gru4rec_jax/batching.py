@@ -21,7 +21,7 @@ import numpy as np
 
 from gru4rec_jax.data import Sessions
 
-__all__ = ["Schedule", "session_parallel_schedule"]
+__all__ = ["Schedule", "assign_lanes", "session_parallel_schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,21 +69,30 @@ class Schedule:
         return out
 
 
+def assign_lanes(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lane, first step) of each unit of work (a session, or a user's sessions).
+
+    Units are taken in order, each by the lane that frees up first, the lowest
+    lane index on ties: exactly the reference iterator's rule. A unit of zero
+    steps takes no time, so its lane takes the next unit at the same step.
+    """
+    lane_of = np.empty(len(durations), np.int64)
+    start_of = np.empty(len(durations), np.int64)
+    free = [(0, lane) for lane in range(batch_size)]
+    for unit, steps in enumerate(np.asarray(durations).tolist()):
+        t, lane = heapq.heappop(free)
+        lane_of[unit], start_of[unit] = lane, t
+        heapq.heappush(free, (t + steps, lane))
+    return lane_of, start_of
+
+
 def session_parallel_schedule(sessions: Sessions, batch_size: int) -> Schedule:
     """Builds the reference's session-parallel schedule with a fixed width."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lengths = sessions.lengths
     n_steps_of = np.maximum(lengths - 1, 0)
-    # Walk the sessions in order, handing each to the lane that frees up first
-    # (lowest lane index on ties): exactly the reference iterator's rule.
-    lane_of = np.empty(sessions.n_sessions, np.int64)
-    start_of = np.empty(sessions.n_sessions, np.int64)
-    free = [(0, lane) for lane in range(batch_size)]
-    for s, steps in enumerate(n_steps_of.tolist()):
-        t, lane = heapq.heappop(free)
-        lane_of[s], start_of[s] = lane, t
-        heapq.heappush(free, (t + steps, lane))
+    lane_of, start_of = assign_lanes(n_steps_of, batch_size)
     n_steps = int((start_of + n_steps_of).max()) if sessions.n_sessions else 0
 
     # Every event but a session's last is an input; place them all at once.

@@ -11,11 +11,11 @@ all of that user's sessions.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from typing import Optional
 
 import numpy as np
 
+from gru4rec_jax.batching import assign_lanes
 from gru4rec_jax.data import DataError, EventTable, ItemMap, Sessions, _session_sort_keys, build_sessions
 
 __all__ = [
@@ -182,13 +182,7 @@ def user_parallel_schedule(data: UserSessions, batch_size: int) -> UserSchedule:
     user_of_session = np.repeat(np.arange(data.n_users), np.diff(data.user_offsets))
     steps_of_user = np.bincount(user_of_session, weights=steps_of_session, minlength=data.n_users).astype(np.int64)
 
-    user_lane = np.empty(data.n_users, np.int64)
-    user_begin = np.empty(data.n_users, np.int64)
-    free = [(0, lane) for lane in range(batch_size)]
-    for u, steps in enumerate(steps_of_user.tolist()):
-        t, lane = heapq.heappop(free)
-        user_lane[u], user_begin[u] = lane, t
-        heapq.heappush(free, (t + steps, lane))
+    user_lane, user_begin = assign_lanes(steps_of_user, batch_size)
     n_steps = int((user_begin + steps_of_user).max()) if data.n_users else 0
 
     # Each session's first step: the user's start plus the steps of its earlier sessions.
