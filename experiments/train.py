@@ -31,6 +31,8 @@ _D("time_key", "Time", "Timestamp column (numeric).")
 _I("synthetic_sessions", 6000, "Sessions of the built-in synthetic data.")
 _I("synthetic_items", 1000, "Items of the built-in synthetic data.")
 _I("synthetic_seed", 0, "Seed of the built-in synthetic data.")
+_F("dwell_threshold", 0.0, "Dwell-time boosting of the training sessions: repeat each event floor(dwell / t) + 1 "
+   "times (t in the data's time unit); 0 = off. Test data is never boosted.")
 # Model.
 flags.DEFINE_list("layers", ["100"], "GRU layer sizes, comma-separated.")
 flags.DEFINE_bool("constrained_embedding", True, "Shared input/output item embedding (Wy).")
@@ -95,7 +97,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
             train_path=FLAGS.train_path, test_path=FLAGS.test_path,
             session_key=FLAGS.session_key, item_key=FLAGS.item_key, time_key=FLAGS.time_key,
             synthetic_sessions=FLAGS.synthetic_sessions, synthetic_items=FLAGS.synthetic_items,
-            synthetic_seed=FLAGS.synthetic_seed,
+            synthetic_seed=FLAGS.synthetic_seed, dwell_threshold=FLAGS.dwell_threshold,
         ),
         train=training.TrainConfig(
             loss=FLAGS.loss, batch_size=FLAGS.batch_size,

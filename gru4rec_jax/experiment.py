@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from gru4rec_jax import checkpoint as checkpoint_lib
 from gru4rec_jax import data as data_lib
-from gru4rec_jax import evaluation, synthetic, training
+from gru4rec_jax import dwell, evaluation, synthetic, training
 from gru4rec_jax.model import ModelConfig
 
 __all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "run", "write_json_atomic"]
@@ -31,6 +31,7 @@ class DataConfig:
     synthetic_sessions: int = 6000
     synthetic_items: int = 1000
     synthetic_seed: int = 0
+    dwell_threshold: float = 0.0  # > 0: dwell-time boosting of the training sessions (data's time unit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,16 @@ def write_json_atomic(path: str, payload: dict) -> None:
 
 
 def _load_tables(cfg: DataConfig, log):
-    """(train table, test table or None), from files or the synthetic generator."""
+    """(train table, test table or None); dwell-time boosting applies to the train table only."""
+    train, test = _read_tables(cfg, log)
+    if cfg.dwell_threshold:
+        boosted = dwell.boost_by_dwell_time(train, cfg.dwell_threshold)
+        log(f"dwell-time boosting (threshold {cfg.dwell_threshold:g}): {len(train)} -> {len(boosted)} training events")
+        train = boosted
+    return train, test
+
+
+def _read_tables(cfg: DataConfig, log):
     keys = dict(session_key=cfg.session_key, item_key=cfg.item_key, time_key=cfg.time_key)
     if cfg.train_path:
         train = data_lib.read_events(cfg.train_path, **keys)
