@@ -33,8 +33,17 @@ _I("synthetic_items", 1000, "Items of the built-in synthetic data.")
 _I("synthetic_seed", 0, "Seed of the built-in synthetic data.")
 _F("dwell_threshold", 0.0, "Dwell-time boosting of the training sessions: repeat each event floor(dwell / t) + 1 "
    "times (t in the data's time unit); 0 = off. Test data is never boosted.")
+_D("user_key", "UserId", "User id column (read by --model=hrnn and --model=concat).")
+_F("session_gap", 0.0, "With a user column: cut sessions at idle gaps longer than this (data's time unit) "
+   "instead of using the session column; 0 = use the session column.")
 # Model.
-flags.DEFINE_list("layers", ["100"], "GRU layer sizes, comma-separated.")
+flags.DEFINE_enum("model", "gru4rec", ["gru4rec", "hrnn", "concat"],
+                  "gru4rec: session-based; hrnn: HRNN with a user-level GRU; concat: GRU4Rec over each user's "
+                  "concatenated sessions. hrnn and concat replay each test user's history at evaluation.")
+flags.DEFINE_list("layers", ["100"], "GRU layer sizes, comma-separated (HRNN: the session GRU).")
+flags.DEFINE_list("user_layers", ["100"], "HRNN: user GRU layer sizes.")
+flags.DEFINE_enum("hrnn_mode", "init", ["init", "all"], "HRNN: the user state initialises the session GRU "
+                  "(init) or is also its input at every step (all).")
 flags.DEFINE_bool("constrained_embedding", True, "Shared input/output item embedding (Wy).")
 _I("embedding", 0, "Separate input embedding size; 0 = none (one-hot input unless constrained).")
 flags.DEFINE_enum("gru_cell", "gru4rec", ["gru4rec", "pytorch"],
@@ -51,6 +60,8 @@ _F("logq", 0.0, "logQ correction weight (cross-entropy only).")
 _I("batch_size", 64, "Session lanes per mini-batch.")
 _F("dropout_p_embed", 0.0, "Dropout on the input embedding.")
 _F("dropout_p_hidden", 0.0, "Dropout on every GRU layer's output.")
+_F("dropout_p_hidden_usr", 0.0, "HRNN: dropout on the user GRU output.")
+_F("dropout_p_init", 0.0, "HRNN: dropout on the session initialisation.")
 _F("learning_rate", 0.05, "Adagrad learning rate.")
 _F("momentum", 0.0, "Heavy-ball momentum on the Adagrad step.")
 _I("n_epochs", 10, "Epochs. With --load_path, an explicit value beyond the checkpoint resumes training.")
@@ -98,6 +109,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
             session_key=FLAGS.session_key, item_key=FLAGS.item_key, time_key=FLAGS.time_key,
             synthetic_sessions=FLAGS.synthetic_sessions, synthetic_items=FLAGS.synthetic_items,
             synthetic_seed=FLAGS.synthetic_seed, dwell_threshold=FLAGS.dwell_threshold,
+            user_key=FLAGS.user_key, session_gap=FLAGS.session_gap,
         ),
         train=training.TrainConfig(
             loss=FLAGS.loss, batch_size=FLAGS.batch_size,
@@ -106,7 +118,8 @@ def config_from_flags() -> experiment.ExperimentConfig:
             n_sample=FLAGS.n_sample, sample_alpha=FLAGS.sample_alpha, bpreg=FLAGS.bpreg,
             elu_param=FLAGS.elu_param, logq=FLAGS.logq, final_act=FLAGS.final_act,
             n_epochs=FLAGS.n_epochs, seed=FLAGS.seed, chunk_steps=FLAGS.chunk_steps,
-            table_update=FLAGS.table_update,
+            table_update=FLAGS.table_update, dropout_p_hidden_usr=FLAGS.dropout_p_hidden_usr,
+            dropout_p_init=FLAGS.dropout_p_init,
         ),
         eval=experiment.EvalConfig(
             mode=FLAGS.eval_mode, cutoffs=_int_list("cutoffs"), batch_size=FLAGS.eval_batch_size
@@ -115,6 +128,9 @@ def config_from_flags() -> experiment.ExperimentConfig:
         embedding=embedding,
         embedding_dim=FLAGS.embedding,
         cell=FLAGS.gru_cell,
+        model=FLAGS.model,
+        user_layers=_int_list("user_layers"),
+        hrnn_mode=FLAGS.hrnn_mode,
         save_path=FLAGS.save_path,
         load_path=FLAGS.load_path,
         resume=bool(FLAGS.load_path) and FLAGS["n_epochs"].present,

@@ -21,7 +21,7 @@ import numpy as np
 
 from gru4rec_jax.data import Sessions
 
-__all__ = ["Schedule", "assign_lanes", "session_parallel_schedule"]
+__all__ = ["Schedule", "assign_lanes", "pad_into_chunks", "session_parallel_schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +56,22 @@ class Schedule:
     def padded_chunks(self, chunk_steps: int) -> dict[str, np.ndarray]:
         """The schedule as ``[n_chunks, chunk_steps, batch_size]`` arrays.
 
-        The tail is padded with all-inactive steps, which the training and
-        evaluation loops skip, so one compiled chunk serves the whole epoch.
+        The tail is padded with all-inactive steps, which change nothing in the
+        training and evaluation loops, so one compiled chunk serves the whole epoch.
         """
-        n_chunks = max(1, -(-self.n_steps // chunk_steps))
-        pad = n_chunks * chunk_steps - self.n_steps
-        out = {}
-        for name in ("inputs", "targets", "active", "reset"):
-            array = getattr(self, name)
-            array = np.concatenate([array, np.zeros((pad,) + array.shape[1:], array.dtype)])
-            out[name] = array.reshape(n_chunks, chunk_steps, -1)
-        return out
+        return pad_into_chunks({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, chunk_steps)
+
+
+def pad_into_chunks(arrays: dict[str, np.ndarray], chunk_steps: int) -> dict[str, np.ndarray]:
+    """``[n_steps, B]`` arrays as ``[n_chunks, chunk_steps, B]``, zero-padded at the end."""
+    n_steps = next(iter(arrays.values())).shape[0]
+    n_chunks = max(1, -(-n_steps // chunk_steps))
+    pad = n_chunks * chunk_steps - n_steps
+    out = {}
+    for name, array in arrays.items():
+        array = np.concatenate([array, np.zeros((pad,) + array.shape[1:], array.dtype)])
+        out[name] = array.reshape(n_chunks, chunk_steps, -1)
+    return out
 
 
 def assign_lanes(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gru4rec_jax import hrnn
 from gru4rec_jax import model as model_lib
 from gru4rec_jax import training
 from gru4rec_jax.data import ItemMap
@@ -36,7 +37,7 @@ class CheckpointError(ValueError):
 @dataclasses.dataclass
 class Checkpoint:
     state: training.TrainState
-    model_config: model_lib.ModelConfig
+    model_config: model_lib.ModelConfig | hrnn.HRNNConfig
     train_config: training.TrainConfig
     item_map: ItemMap
     epoch: int
@@ -73,6 +74,7 @@ class CheckpointWriter:
         extra: Optional[dict] = None,
     ) -> None:
         meta = {
+            "model_type": "hrnn" if isinstance(model_config, hrnn.HRNNConfig) else "gru4rec",
             "model_config": dataclasses.asdict(model_config),
             "train_config": dataclasses.asdict(train_config),
             "item_ids": item_map.ids.tolist(),
@@ -92,6 +94,17 @@ class CheckpointWriter:
         self._manager.close()
 
 
+def _model_config(meta: dict):
+    def session(d):
+        return model_lib.ModelConfig(**{**d, "layers": tuple(d["layers"])})
+
+    config = meta["model_config"]
+    if meta.get("model_type", "gru4rec") == "hrnn":
+        return hrnn.HRNNConfig(session=session(config["session"]), user_layers=tuple(config["user_layers"]),
+                               mode=config["mode"])
+    return session(config)
+
+
 def load(path: str, epoch: Optional[int] = None) -> Checkpoint:
     """Restores the checkpoint of ``epoch`` (default: the latest) from ``path``."""
     if not os.path.isdir(path):
@@ -101,9 +114,7 @@ def load(path: str, epoch: Optional[int] = None) -> Checkpoint:
         if step is None or step not in manager.all_steps():
             raise CheckpointError(f"{path}: no checkpoint found" + ("" if epoch is None else f" for epoch {epoch}"))
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        model_config = model_lib.ModelConfig(
-            **{**meta["model_config"], "layers": tuple(meta["model_config"]["layers"])}
-        )
+        model_config = _model_config(meta)
         train_config = training.TrainConfig(**meta["train_config"])
         abstract = jax.eval_shape(
             lambda: training.init_train_state(jax.random.PRNGKey(0), model_config)

@@ -21,15 +21,17 @@ comparisons that count the items scoring above (and equal to) the target.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gru4rec_jax import model as model_lib
-from gru4rec_jax.batching import session_parallel_schedule
+from gru4rec_jax import networks
+from gru4rec_jax.batching import pad_into_chunks, session_parallel_schedule
 from gru4rec_jax.data import Sessions
+from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
 
 __all__ = ["EVAL_MODES", "rank_of_target", "evaluate"]
 
@@ -105,21 +107,22 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block):
     return greater + 0.5 * (equal - 1.0) + 1.0
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "cutoffs", "mode", "item_block"))
-def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block):
+@functools.partial(jax.jit, static_argnames=("model_config", "cutoffs", "mode", "item_block", "reset_flag"))
+def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag):
     # Per-chunk sums stay small enough for exact float32 counts; the host adds them in float64.
     cutoff_array = jnp.asarray(cutoffs, jnp.float32)
+    net = networks.network_for(model_config, reset_flag=reset_flag)
 
     def step(carry, batch):
         hidden, totals = carry
-        inputs, targets, active, reset = batch
+        inputs, targets, active, scored = batch["inputs"], batch["targets"], batch["active"], batch["scored"]
 
         def run(hidden):
-            hidden = [jnp.where(reset[:, None], 0.0, h) for h in hidden]
-            rows = model_lib.embed_inputs(params["tables"], inputs, model_config)
-            output, hidden = model_lib.forward_step(params["layers"], rows, hidden, model_config)
+            hidden = net.begin(params["layers"], hidden, {name: batch[name] for name in net.flags}, None)
+            rows = model_lib.embed_inputs(params["tables"], inputs, net.items)
+            output, hidden = net.forward(params["layers"], rows, hidden, None)
             ranks = _ranks_by_blocks(output, targets, params["tables"], mode, item_block)
-            hit = (ranks[:, None] <= cutoff_array[None, :]) & active[:, None]
+            hit = (ranks[:, None] <= cutoff_array[None, :]) & scored[:, None]
             recall = jnp.sum(hit, axis=0, dtype=jnp.float32)
             mrr = jnp.sum(jnp.where(hit, 1.0 / ranks[:, None], 0.0), axis=0)
             return hidden, jnp.stack([recall, mrr])
@@ -130,16 +133,15 @@ def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_blo
         hidden, sums = jax.lax.cond(jnp.any(active), run, skip, hidden)
         return (hidden, totals + sums), None
 
-    batches = (chunk["inputs"], chunk["targets"], chunk["active"], chunk["reset"])
     totals = jnp.zeros((2, len(cutoffs)), jnp.float32)
-    (hidden, totals), _ = jax.lax.scan(step, (hidden, totals), batches)
+    (hidden, totals), _ = jax.lax.scan(step, (hidden, totals), chunk)
     return hidden, totals
 
 
 def evaluate(
     params: dict,
-    model_config: model_lib.ModelConfig,
-    sessions: Sessions,
+    model_config: networks.AnyModelConfig,
+    sessions: Union[Sessions, UserSessions],
     *,
     cutoffs: Sequence[int] = (1, 5, 10, 20),
     mode: str = "conservative",
@@ -153,6 +155,10 @@ def evaluate(
     step ((batch_size x item_block) floats); larger ones take two passes over
     item blocks (see :func:`_ranks_by_blocks`), about twice the compute.
 
+    With ``UserSessions`` (HRNN, or GRU4Rec over users' concatenated
+    sessions), each user's sessions are replayed in order to build the state
+    and only the user's LAST session (the test session) is scored.
+
     Returns ``{"recall@K": ..., "mrr@K": ..., "n_eval_events": N}``.
     """
     if mode not in EVAL_MODES:
@@ -160,16 +166,25 @@ def evaluate(
     cutoffs = tuple(int(c) for c in cutoffs)
     if not cutoffs or min(cutoffs) < 1:
         raise ValueError(f"cut-offs must be positive integers, got {cutoffs}")
-    schedule = session_parallel_schedule(sessions, batch_size)
-    n_events = schedule.n_events
+    if isinstance(sessions, UserSessions):
+        schedule = user_parallel_schedule(sessions, batch_size)
+        scored = schedule.active & schedule.last_session
+        reset_flag = "user_start"
+    else:
+        schedule = session_parallel_schedule(sessions, batch_size)
+        scored, reset_flag = schedule.active, "reset"
+    n_events = int(scored.sum())
     if n_events == 0:
         raise ValueError("the test data has no session with 2 or more known events")
+    net = networks.network_for(model_config, reset_flag=reset_flag)
     chunks = schedule.padded_chunks(min(chunk_steps, schedule.n_steps))
-    hidden = model_lib.zero_hidden(model_config, batch_size)
+    chunks = {name: chunks[name] for name in ("inputs", "targets", "active") + net.flags}
+    chunks["scored"] = pad_into_chunks({"scored": scored}, min(chunk_steps, schedule.n_steps))["scored"]
+    hidden = net.zero_carry(batch_size)
     chunk_totals = []
     for c in range(chunks["inputs"].shape[0]):
         chunk = {name: array[c] for name, array in chunks.items()}
-        hidden, sums = _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block)
+        hidden, sums = _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag)
         chunk_totals.append(sums)
     totals = np.sum([np.asarray(t, np.float64) for t in chunk_totals], axis=0) / n_events
     result = {}

@@ -13,9 +13,11 @@ import tempfile
 import time
 from typing import Callable, Optional
 
+import numpy as np
+
 from gru4rec_jax import checkpoint as checkpoint_lib
 from gru4rec_jax import data as data_lib
-from gru4rec_jax import dwell, evaluation, synthetic, training
+from gru4rec_jax import dwell, evaluation, hrnn, synthetic, training, user_data
 from gru4rec_jax.model import ModelConfig
 
 __all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "run", "write_json_atomic"]
@@ -32,6 +34,8 @@ class DataConfig:
     synthetic_items: int = 1000
     synthetic_seed: int = 0
     dwell_threshold: float = 0.0  # > 0: dwell-time boosting of the training sessions (data's time unit)
+    user_key: str = "UserId"  # read only by the user-aware models (hrnn, concat)
+    session_gap: float = 0.0  # > 0: sessions are cut at idle gaps per user (needs the user column)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,11 @@ class ExperimentConfig:
     embedding: str = "shared"  # shared | separate | onehot
     embedding_dim: int = 0
     cell: str = "gru4rec"  # gru4rec | pytorch
+    # gru4rec: sessions alone; hrnn: HRNN; concat: GRU4Rec over each user's concatenated
+    # sessions ("RNN Concat"). The last two replay each test user's history at evaluation.
+    model: str = "gru4rec"
+    user_layers: tuple[int, ...] = (100,)
+    hrnn_mode: str = "init"
     save_path: str = ""
     load_path: str = ""
     resume: bool = False  # with load_path: train on up to train.n_epochs
@@ -74,9 +83,17 @@ def write_json_atomic(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_tables(cfg: DataConfig, log):
+MODELS = ("gru4rec", "hrnn", "concat")
+
+
+def _load_tables(cfg: DataConfig, log, with_users: bool = False):
     """(train table, test table or None); dwell-time boosting applies to the train table only."""
-    train, test = _read_tables(cfg, log)
+    train, test = _read_tables(cfg, log, with_users)
+    if cfg.session_gap:
+        if train.user_ids is None:
+            raise ValueError("--session_gap needs the user column (a user-aware --model)")
+        train = _with_gap_sessions(train, cfg.session_gap)
+        test = None if test is None else _with_gap_sessions(test, cfg.session_gap)
     if cfg.dwell_threshold:
         boosted = dwell.boost_by_dwell_time(train, cfg.dwell_threshold)
         log(f"dwell-time boosting (threshold {cfg.dwell_threshold:g}): {len(train)} -> {len(boosted)} training events")
@@ -84,12 +101,22 @@ def _load_tables(cfg: DataConfig, log):
     return train, test
 
 
-def _read_tables(cfg: DataConfig, log):
+def _with_gap_sessions(table, gap):
+    return dataclasses.replace(table, session_ids=user_data.sessions_by_idle_gap(table.user_ids, table.times, gap))
+
+
+def _read_tables(cfg: DataConfig, log, with_users: bool):
     keys = dict(session_key=cfg.session_key, item_key=cfg.item_key, time_key=cfg.time_key)
+    if with_users:
+        keys["user_key"] = cfg.user_key
+    if cfg.session_gap and with_users:
+        keys["session_key"] = cfg.user_key  # no session column needed
     if cfg.train_path:
         train = data_lib.read_events(cfg.train_path, **keys)
         test = data_lib.read_events(cfg.test_path, **keys) if cfg.test_path else None
         return train, test
+    if with_users:
+        raise ValueError("the user-aware models need --train_path with a user column")
     log(
         f"no --train_path: using the built-in SYNTHETIC data ({cfg.synthetic_sessions} sessions, "
         f"{cfg.synthetic_items} items, seed {cfg.synthetic_seed})"
@@ -100,6 +127,21 @@ def _read_tables(cfg: DataConfig, log):
     if cfg.test_path:
         test = data_lib.read_events(cfg.test_path, **keys)
     return train, test
+
+
+def _replay_data(train_table, test_table, item_map, source) -> user_data.UserSessions:
+    """Each test user's training sessions followed by the test session (the user's last)."""
+    test_users = np.unique(test_table.user_ids)
+    history = np.isin(train_table.user_ids, test_users)
+    # Keep test session ids apart from training ones.
+    combined = data_lib.EventTable(
+        session_ids=np.concatenate([np.char.add("train:", train_table.session_ids[history].astype(str)),
+                                    np.char.add("test:", test_table.session_ids.astype(str))]),
+        item_ids=np.concatenate([train_table.item_ids[history], test_table.item_ids]),
+        times=np.concatenate([train_table.times[history], test_table.times]),
+        user_ids=np.concatenate([train_table.user_ids[history], test_table.user_ids]),
+    )
+    return user_data.build_user_sessions(combined, item_map, source=source)
 
 
 def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
@@ -123,13 +165,18 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
             )
 
     data_cfg = cfg.data
-    if restored is not None and not data_cfg.train_path and "data" in restored.extra:
-        data_cfg = dataclasses.replace(
-            DataConfig(**restored.extra["data"]), test_path=data_cfg.test_path
-        )
+    model_name = cfg.model
+    if restored is not None:
+        model_name = restored.extra.get("model", "gru4rec")
+        if not data_cfg.train_path and "data" in restored.extra:
+            data_cfg = dataclasses.replace(DataConfig(**restored.extra["data"]), test_path=data_cfg.test_path)
+    if model_name not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
+    user_aware = model_name != "gru4rec"
     needs_training = restored is None or (cfg.resume and cfg.train.n_epochs > restored.epoch)
-    if restored is None or needs_training or not data_cfg.test_path:
-        train_table, test_table = _load_tables(data_cfg, log)
+    if restored is None or needs_training or not data_cfg.test_path or user_aware:
+        # (User-aware evaluation replays each test user's training sessions.)
+        train_table, test_table = _load_tables(data_cfg, log, with_users=user_aware)
     else:
         train_table = None
         test_table = data_lib.read_events(
@@ -149,18 +196,25 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
             n_items=len(item_map), layers=cfg.layers,
             embedding=cfg.embedding, embedding_dim=cfg.embedding_dim, cell=cfg.cell,
         )
+        if model_name == "hrnn":
+            model_config = hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode)
         train_config, state, start_epoch, epoch_losses = cfg.train, None, 0, []
 
     metrics: dict = {}
     history: list[training.EpochStats] = []
     if needs_training:
-        train_sessions = data_lib.build_sessions(
-            train_table, item_map, source=data_cfg.train_path or "synthetic training data"
-        )
-        log(
-            f"training data: {train_sessions.n_events} events, {train_sessions.n_sessions} sessions, "
-            f"{len(item_map)} items"
-        )
+        source = data_cfg.train_path or "synthetic training data"
+        if model_name == "hrnn":
+            train_data = user_data.build_user_sessions(train_table, item_map, source=source)
+            sessions = train_data.sessions
+            log(f"training data: {sessions.n_events} events, {sessions.n_sessions} sessions, "
+                f"{train_data.n_users} users, {len(item_map)} items")
+        else:
+            if model_name == "concat":  # one sequence per user
+                train_table = dataclasses.replace(train_table, session_ids=train_table.user_ids)
+            train_data = data_lib.build_sessions(train_table, item_map, source=source)
+            log(f"training data: {train_data.n_events} events, {train_data.n_sessions} sessions, "
+                f"{len(item_map)} items")
         writer = checkpoint_lib.CheckpointWriter(save_path) if save_path else None
 
         def on_epoch_end(state, stats):
@@ -169,12 +223,12 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
                 writer.save(
                     state, model_config=model_config, train_config=train_config,
                     item_map=item_map, epoch=stats.epoch, epoch_losses=epoch_losses,
-                    extra={"data": dataclasses.asdict(data_cfg)},
+                    extra={"data": dataclasses.asdict(data_cfg), "model": model_name},
                 )
 
         try:
             state, history = training.fit(
-                train_sessions, model_config, train_config, state=state,
+                train_data, model_config, train_config, state=state,
                 start_epoch=start_epoch, on_epoch_end=on_epoch_end, log=log,
             )
         finally:
@@ -192,9 +246,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         metrics["train_events_per_sec"] = None
 
     if test_table is not None:
-        test_sessions = data_lib.build_sessions(
-            test_table, item_map, source=data_cfg.test_path or "synthetic test data"
-        )
+        source = data_cfg.test_path or "synthetic test data"
+        if user_aware:
+            test_sessions = _replay_data(train_table, test_table, item_map, source)
+        else:
+            test_sessions = data_lib.build_sessions(test_table, item_map, source=source)
         t0 = time.perf_counter()
         results = evaluation.evaluate(
             state.params, model_config, test_sessions, cutoffs=cfg.eval.cutoffs,

@@ -212,6 +212,7 @@ def forward_step(
     dropout_p_embed: float = 0.0,
     dropout_p_hidden: float = 0.0,
     masks: Sequence[jax.Array | None] | None = None,
+    context: jax.Array | None = None,
 ) -> tuple[jax.Array, list[jax.Array]]:
     """Runs every GRU layer for one time step.
 
@@ -221,6 +222,8 @@ def forward_step(
       hidden: per-layer states, each (B, h_l).
       dropout_key: draws the dropout masks (:func:`dropout_masks`); or pass
         ``masks`` drawn beforehand. Neither: inference, no dropout.
+      context: (B, c) extra input of the first layer, through its ``Wc`` (c, 3h)
+        (HRNN-all feeds the user state here).
     Returns ``(output, new_hidden)``: the last layer's output (B, h_L), after
     dropout, and the new states. The state carried forward is each layer's
     output AFTER dropout, as in the reference.
@@ -233,6 +236,8 @@ def forward_step(
     new_hidden = []
     for layer, h, keep in zip(layers, hidden, masks[1:]):
         x_proj = x + layer["b"] if "Wx" not in layer else x @ layer["Wx"] + layer["b"]
+        if "Wc" in layer:
+            x_proj = x_proj + context @ layer["Wc"]
         x = _apply_dropout(gru_cell(layer, x_proj, h), keep, dropout_p_hidden)
         new_hidden.append(x)
     return x, new_hidden

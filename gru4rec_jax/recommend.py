@@ -54,6 +54,9 @@ class Recommender:
     def load(cls, path: str) -> "Recommender":
         """From a checkpoint directory written by ``--save_path``."""
         ckpt = checkpoint.load(path)
+        if not isinstance(ckpt.model_config, model_lib.ModelConfig) or ckpt.extra.get("model", "gru4rec") != "gru4rec":
+            raise checkpoint.CheckpointError(
+                f"{path}: Recommender serves session-only GRU4Rec models; this one needs the user's history")
         return cls(ckpt.state.params, ckpt.model_config, ckpt.item_map)
 
     def recommend(self, session_items: Sequence[str], k: int = 20) -> list[tuple[str, float]]:

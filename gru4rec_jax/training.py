@@ -17,7 +17,7 @@ import functools
 import math
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import flax.struct
 import jax
@@ -26,11 +26,12 @@ import numpy as np
 import optax
 
 from gru4rec_jax import losses as losses_lib
-from gru4rec_jax import model as model_lib
+from gru4rec_jax import networks
 from gru4rec_jax import optimizer as optimizer_lib
 from gru4rec_jax import sampling
 from gru4rec_jax.batching import Schedule, session_parallel_schedule
 from gru4rec_jax.data import Sessions
+from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
 
 __all__ = [
     "TrainConfig",
@@ -70,6 +71,8 @@ class TrainConfig:
     seed: int = 0
     chunk_steps: int = 512
     table_update: str = "auto"  # auto | rows | masked: see optimizer.sparse_adagrad_momentum_update
+    dropout_p_hidden_usr: float = 0.0  # HRNN: dropout on the user GRU output
+    dropout_p_init: float = 0.0  # HRNN: dropout on the session initialisation
 
     def __post_init__(self):
         checks = [
@@ -77,6 +80,8 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (0.0 <= self.dropout_p_embed < 1.0, "dropout_p_embed must be in [0, 1)"),
             (0.0 <= self.dropout_p_hidden < 1.0, "dropout_p_hidden must be in [0, 1)"),
+            (0.0 <= self.dropout_p_hidden_usr < 1.0, "dropout_p_hidden_usr must be in [0, 1)"),
+            (0.0 <= self.dropout_p_init < 1.0, "dropout_p_init must be in [0, 1)"),
             (self.learning_rate > 0.0, "learning_rate must be > 0"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
             (self.n_sample >= 0, "n_sample must be >= 0"),
@@ -108,10 +113,10 @@ class TrainState:
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def init_train_state(key: jax.Array, model_config: model_lib.ModelConfig) -> TrainState:
+def init_train_state(key: jax.Array, model_config: networks.AnyModelConfig) -> TrainState:
     """Fresh parameters and zero optimizer state. Compiled, so that drawing a large
     table does not materialise its random bits next to it (peak memory)."""
-    params = model_lib.init_params(key, model_config)
+    params = networks.network_for(model_config).init_params(key)
     zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
     return TrainState(
         params=params,
@@ -137,15 +142,24 @@ def final_activation(config: TrainConfig) -> Callable[[jax.Array], jax.Array]:
     return {"tanh": jnp.tanh, "relu": jax.nn.relu}.get(name, lambda x: x)
 
 
-def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
+def network_of(model_config: networks.AnyModelConfig, config: TrainConfig) -> networks.Network:
+    return networks.network_for(
+        model_config, dropout_p_embed=config.dropout_p_embed, dropout_p_hidden=config.dropout_p_hidden,
+        dropout_p_hidden_usr=config.dropout_p_hidden_usr, dropout_p_init=config.dropout_p_init,
+    )
+
+
+def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig):
     """Builds the jitted ``train_chunk(state, hidden, chunk, run_key, sampler, log_support)``.
 
-    ``chunk`` holds ``[chunk_steps, B]`` arrays (inputs, targets, active,
-    reset). Returns ``(state, hidden, stats)`` with stats = (loss sum over
-    steps, number of steps run, number of events). ``state`` and ``hidden``
-    are donated.
+    ``chunk`` holds ``[chunk_steps, B]`` arrays: inputs, targets, active and
+    the network's flags (``reset`` for GRU4Rec, ``user_start`` and
+    ``session_start`` for HRNN). Returns ``(state, hidden, stats)`` with stats
+    = (loss sum over steps, number of steps run, number of events). ``state``
+    and ``hidden`` (the network's carried state) are donated.
     """
-    n_items = model_config.n_items
+    net = network_of(model_config, config)
+    n_items = net.items.n_items
     B, S = config.batch_size, config.n_sample
     loss_fn = losses_lib.LOSSES[config.loss]
     loss_params = {"bpreg": config.bpreg} if config.loss == "bpr-max" else {}
@@ -157,20 +171,13 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         momentum=config.momentum,
         strategy=config.table_update,
     )
-    input_table = {"shared": "Wy", "separate": "E", "onehot": "Wx0"}[model_config.embedding]
+    input_table = {"shared": "Wy", "separate": "E", "onehot": "Wx0"}[net.items.embedding]
     labels = losses_lib.gru4rec_labels(B, B + S)
     use_logq = config.loss == "cross-entropy" and config.logq > 0
 
-    def objective(layers, input_rows, output_rows, output_bias, hidden, where, columns, masks, log_support):
-        output, new_hidden = model_lib.forward_step(
-            layers,
-            input_rows,
-            hidden,
-            model_config,
-            masks=masks,
-            dropout_p_embed=config.dropout_p_embed,
-            dropout_p_hidden=config.dropout_p_hidden,
-        )
+    def objective(layers, input_rows, output_rows, output_bias, hidden, flags, where, columns, masks, log_support):
+        hidden = net.begin(layers, hidden, flags, masks)
+        output, new_hidden = net.forward(layers, input_rows, hidden, masks)
         scores = activation(output @ output_rows.T + output_bias)
         if use_logq:
             scores = scores - sampling.logq_correction(
@@ -186,14 +193,12 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         """Negative samples and dropout masks of one step, keyed by the global step."""
         key_sample, key_dropout = jax.random.split(jax.random.fold_in(run_key, step))
         samples = sampling.draw_negatives(key_sample, sampler, S) if S > 0 else None
-        masks = model_lib.dropout_masks(
-            key_dropout, model_config, B, config.dropout_p_embed, config.dropout_p_hidden
-        )
-        return samples, masks
+        return samples, net.draw_masks(key_dropout, B)
 
     def train_step(state: TrainState, hidden, batch, log_support):
-        inputs, targets, active, reset, samples, masks = batch
-        hidden = [jnp.where(reset[:, None], 0.0, h) for h in hidden]
+        inputs, targets, active = batch["inputs"], batch["targets"], batch["active"]
+        samples, masks = batch["samples"], batch["masks"]
+        flags = {name: batch[name] for name in net.flags}
         columns, column_valid = targets, active
         if S > 0:
             columns = jnp.concatenate([targets, samples])
@@ -208,7 +213,7 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         with jax.named_scope("loss_and_gradients"):
             (loss, new_hidden), grads = grad_fn(
                 state.params["layers"], input_rows, output_rows, output_bias,
-                hidden, where, columns, masks, log_support,
+                hidden, flags, where, columns, masks, log_support,
             )
         g_layers, g_input, g_output, g_bias = grads
 
@@ -249,7 +254,7 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
 
     def scan_body(carry, batch, log_support):
         state, hidden, loss_sum, n_steps, n_events = carry
-        active = batch[2]
+        active = batch["active"]
         # Padding steps (the tail of the last chunk, kept short by equal-size
         # chunks) run like the others but change nothing; a lax.cond to skip
         # them costs more than it saves.
@@ -271,7 +276,8 @@ def make_train_chunk(model_config: model_lib.ModelConfig, config: TrainConfig):
         # end of the last chunk, so real steps are numbered consecutively.
         steps = state.step + jnp.arange(chunk["inputs"].shape[0], dtype=jnp.int32)
         samples, masks = jax.vmap(step_randomness, in_axes=(None, 0, None))(run_key, steps, sampler)
-        batches = (chunk["inputs"], chunk["targets"], chunk["active"], chunk["reset"], samples, masks)
+        batches = {name: chunk[name] for name in ("inputs", "targets", "active") + net.flags}
+        batches.update(samples=samples, masks=masks)
         zero_f, zero_i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
         body = functools.partial(scan_body, log_support=log_support)
         (state, hidden, loss_sum, n_steps, n_events), _ = jax.lax.scan(
@@ -324,8 +330,8 @@ class _Progress:
 
 
 def fit(
-    sessions: Sessions,
-    model_config: model_lib.ModelConfig,
+    sessions: Union[Sessions, UserSessions],
+    model_config: networks.AnyModelConfig,
     config: TrainConfig,
     *,
     state: Optional[TrainState] = None,
@@ -336,7 +342,8 @@ def fit(
 ) -> tuple[TrainState, list[EpochStats]]:
     """Trains for epochs ``start_epoch + 1 .. config.n_epochs``.
 
-    ``state`` resumes a checkpointed run (its step counter keys the PRNG);
+    GRU4Rec trains on ``Sessions`` (session-parallel), HRNN on ``UserSessions``
+    (user-parallel). ``state`` resumes a checkpointed run (its step counter keys the PRNG);
     ``on_epoch_end(state, stats)`` runs after every finished epoch (e.g. to
     save a checkpoint). Raises :class:`TrainingError` on a non-finite loss,
     before that epoch's ``on_epoch_end``, so the last good checkpoint is kept.
@@ -344,6 +351,10 @@ def fit(
     run_key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
     if state is None:
         state = init_train_state(init_key, model_config)
+    net = network_of(model_config, config)
+    if isinstance(sessions, UserSessions):
+        schedule = schedule or user_parallel_schedule(sessions, config.batch_size)
+        sessions = sessions.sessions
     if schedule is None:
         schedule = session_parallel_schedule(sessions, config.batch_size)
     if schedule.n_steps == 0:
@@ -353,14 +364,15 @@ def fit(
     chunk_steps = -(-schedule.n_steps // n_chunks)
     chunks = jax.device_put(schedule.padded_chunks(chunk_steps))
     n_chunks = chunks["inputs"].shape[0]
-    support = sampling.item_support(sessions.items, model_config.n_items)
+    chunks = {name: chunks[name] for name in ("inputs", "targets", "active") + net.flags}
+    support = sampling.item_support(sessions.items, net.items.n_items)
     sampler = sampling.alias_table(support, config.sample_alpha)
     log_support = jnp.asarray(np.log(np.maximum(support, 1.0)), jnp.float32)
     train_chunk = make_train_chunk(model_config, config)
     # Compile once, ahead of time, so that epoch timings measure training only.
     t0 = time.perf_counter()
     train_chunk = train_chunk.lower(
-        state, model_lib.zero_hidden(model_config, config.batch_size),
+        state, net.zero_carry(config.batch_size),
         jax.tree.map(lambda a: a[0], chunks), run_key, sampler, log_support,
     ).compile()
     log(f"compiled the training chunk ({chunk_steps} steps) in {time.perf_counter() - t0:.1f}s")
@@ -368,7 +380,7 @@ def fit(
     history = []
     progress = _Progress()
     for epoch in range(start_epoch, config.n_epochs):
-        hidden = model_lib.zero_hidden(model_config, config.batch_size)
+        hidden = net.zero_carry(config.batch_size)
         stats = []
         t0 = time.perf_counter()
         events_so_far = 0

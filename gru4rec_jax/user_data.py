@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from gru4rec_jax.batching import assign_lanes
+from gru4rec_jax.batching import assign_lanes, pad_into_chunks
 from gru4rec_jax.data import DataError, EventTable, ItemMap, Sessions, _session_sort_keys, build_sessions
 
 __all__ = [
@@ -158,10 +158,14 @@ class UserSchedule:
     active: np.ndarray
     user_start: np.ndarray
     session_start: np.ndarray
+    last_session: np.ndarray  # the step belongs to its user's last session (the test session on replay)
 
     @property
     def n_steps(self) -> int:
         return self.inputs.shape[0]
+
+    def padded_chunks(self, chunk_steps: int) -> dict[str, np.ndarray]:
+        return pad_into_chunks({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, chunk_steps)
 
     @property
     def n_events(self) -> int:
@@ -203,7 +207,7 @@ def user_parallel_schedule(data: UserSessions, batch_size: int) -> UserSchedule:
 
     shape = (n_steps if len(event_session) else 0, batch_size)
     out = {name: np.zeros(shape, np.int32) for name in ("inputs", "targets")}
-    out.update({name: np.zeros(shape, bool) for name in ("active", "user_start", "session_start")})
+    out.update({name: np.zeros(shape, bool) for name in ("active", "user_start", "session_start", "last_session")})
     out["inputs"][step, lane] = sessions.items[source]
     out["targets"][step, lane] = sessions.items[source + 1]
     out["active"][step, lane] = True
@@ -212,4 +216,7 @@ def user_parallel_schedule(data: UserSessions, batch_size: int) -> UserSchedule:
     out["user_start"][step[starts_user], lane[starts_user]] = True
     starts_session = first & ~first_with_steps[event_session]
     out["session_start"][step[starts_session], lane[starts_session]] = True
+    is_last = np.zeros(sessions.n_sessions, bool)
+    is_last[data.user_offsets[1:][np.diff(data.user_offsets) > 0] - 1] = True
+    out["last_session"][step, lane] = is_last[event_session]
     return UserSchedule(**out)
