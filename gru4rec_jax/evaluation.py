@@ -177,9 +177,8 @@ def evaluate(
     if n_events == 0:
         raise ValueError("the test data has no session with 2 or more known events")
     net = networks.network_for(model_config, reset_flag=reset_flag)
-    chunks = schedule.padded_chunks(min(chunk_steps, schedule.n_steps))
-    chunks = {name: chunks[name] for name in ("inputs", "targets", "active") + net.flags}
-    chunks["scored"] = pad_into_chunks({"scored": scored}, min(chunk_steps, schedule.n_steps))["scored"]
+    arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
+    chunks = pad_into_chunks({**arrays, "scored": scored}, min(chunk_steps, schedule.n_steps))
     hidden = net.zero_carry(batch_size)
     chunk_totals = []
     for c in range(chunks["inputs"].shape[0]):

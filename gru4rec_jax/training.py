@@ -29,7 +29,7 @@ from gru4rec_jax import losses as losses_lib
 from gru4rec_jax import networks
 from gru4rec_jax import optimizer as optimizer_lib
 from gru4rec_jax import sampling
-from gru4rec_jax.batching import Schedule, session_parallel_schedule
+from gru4rec_jax.batching import Schedule, pad_into_chunks, session_parallel_schedule
 from gru4rec_jax.data import Sessions
 from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
 
@@ -362,9 +362,9 @@ def fit(
     # Equal chunks of at most config.chunk_steps steps: the least padding.
     n_chunks = -(-schedule.n_steps // config.chunk_steps)
     chunk_steps = -(-schedule.n_steps // n_chunks)
-    chunks = jax.device_put(schedule.padded_chunks(chunk_steps))
+    arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
+    chunks = jax.device_put(pad_into_chunks(arrays, chunk_steps))
     n_chunks = chunks["inputs"].shape[0]
-    chunks = {name: chunks[name] for name in ("inputs", "targets", "active") + net.flags}
     support = sampling.item_support(sessions.items, net.items.n_items)
     sampler = sampling.alias_table(support, config.sample_alpha)
     log_support = jnp.asarray(np.log(np.maximum(support, 1.0)), jnp.float32)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from gru4rec_jax.batching import assign_lanes, pad_into_chunks
+from gru4rec_jax.batching import assign_lanes
 from gru4rec_jax.data import DataError, EventTable, ItemMap, Sessions, _session_sort_keys, build_sessions
 
 __all__ = [
@@ -163,9 +163,6 @@ class UserSchedule:
     @property
     def n_steps(self) -> int:
         return self.inputs.shape[0]
-
-    def padded_chunks(self, chunk_steps: int) -> dict[str, np.ndarray]:
-        return pad_into_chunks({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, chunk_steps)
 
     @property
     def n_events(self) -> int:
