@@ -213,9 +213,7 @@ def build_sessions(table: EventTable, item_map: ItemMap, *, source: str = "data"
     lengths = np.diff(np.r_[starts, len(items)])
     # Sessions by first timestamp; ties keep the session-id order.
     session_order = np.argsort(times[starts], kind="stable")
-    event_order = np.concatenate(
-        [np.arange(starts[s], starts[s] + lengths[s]) for s in session_order]
-    ) if len(starts) < 2**16 else _gather_ranges(starts[session_order], lengths[session_order])
+    event_order = gather_ranges(starts[session_order], lengths[session_order])
     offsets = np.r_[0, np.cumsum(lengths[session_order])].astype(np.int64)
     return Sessions(
         items=items[event_order].astype(np.int32),
@@ -225,8 +223,8 @@ def build_sessions(table: EventTable, item_map: ItemMap, *, source: str = "data"
     )
 
 
-def _gather_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def gather_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + l)`` for every pair, vectorised."""
     total = int(lengths.sum())
-    range_starts = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+    range_starts = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # also for no ranges
     return range_starts + np.arange(total)

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from gru4rec_jax.batching import assign_lanes
-from gru4rec_jax.data import DataError, EventTable, ItemMap, Sessions, _session_sort_keys, build_sessions
+from gru4rec_jax.data import DataError, EventTable, ItemMap, Sessions, _session_sort_keys, build_sessions, gather_ranges
 
 __all__ = [
     "UserSessions",
@@ -93,7 +93,7 @@ def build_user_sessions(
     order = np.argsort(user_rank, kind="stable")
     lengths = sessions.lengths[order]
     starts = sessions.offsets[:-1][order]
-    event_order = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
+    event_order = gather_ranges(starts, lengths)
     regrouped = Sessions(
         items=sessions.items[event_order],
         offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
