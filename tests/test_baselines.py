@@ -1,7 +1,8 @@
-"""POP, S-POP and Item-KNN against hand-computed values, and their evaluation."""
+"""POP, S-POP, Item-KNN and BPR-MF against hand-computed values, and their evaluation."""
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -66,3 +67,74 @@ def test_item_knn_beats_popularity_on_structured_data():
     pop = baselines.evaluate(baselines.Popularity(train, n), test)
     # Measured: recall@5 .688 vs .463, MRR@20 .389 vs .312.
     assert knn["recall@5"] > 1.3 * pop["recall@5"] and knn["mrr@20"] > 1.15 * pop["mrr@20"]
+
+
+def test_bpr_sgd_step_against_the_gradient_by_hand():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(2 + 3, 4)).astype(np.float32)  # 2 sessions, then 3 items
+    lr, l_s, l_i = 0.1, 0.01, 0.02
+    new, loss = baselines.bpr_sgd_step(jnp.asarray(table), jnp.array([1, 2 + 2, 2 + 0]), learning_rate=lr,
+                                       lambda_session=l_s, lambda_item=l_i)
+    u, p, n = table[1].astype(float), table[4].astype(float), table[2].astype(float)
+    x = u @ p - u @ n
+    c = 1.0 / (1.0 + math.exp(x))  # -d/dx log sigmoid(x)
+    want = table.astype(float)
+    want[1] = u + lr * (c * (p - n) - l_s * u)
+    want[4] = p + lr * (c * u - l_i * p)
+    want[2] = n + lr * (-c * u - l_i * n)
+    np.testing.assert_allclose(np.asarray(new), want, rtol=1e-5, atol=1e-6)
+    assert float(loss) == pytest.approx(math.log1p(math.exp(-x)), rel=1e-5)
+    # Negative = positive: x = 0 and both changes apply, leaving only the decay.
+    new, loss = baselines.bpr_sgd_step(jnp.asarray(table), jnp.array([0, 3, 3]), learning_rate=lr, lambda_item=l_i)
+    np.testing.assert_allclose(np.asarray(new)[3], table[3] * (1 - 2 * lr * l_i), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new)[0], table[0], rtol=1e-6)
+    assert float(loss) == pytest.approx(math.log(2.0))
+
+
+def test_bpr_mf_scores_with_the_mean_of_the_prefix_factors():
+    model = baselines.BPRMF(_sessions([[0, 1, 2], [2, 3]]), 5, n_factors=3, n_epochs=2, learning_rate=0.1)
+    factors = model.item_factors
+    assert factors.shape == (5, 3) and model.session_factors.shape == (2, 3) and len(model.epoch_losses) == 2
+    items = np.array([3, 0, 3, 4])
+    want = np.stack([factors @ np.mean(factors[items[: t + 1]], axis=0) for t in range(len(items))])
+    np.testing.assert_allclose(model.session_scores(items), want, rtol=1e-5, atol=1e-7)
+
+
+def _two_groups(n_sessions=200, seed=0):
+    """Sessions of 4 items, all from group 0..4 or all from group 5..9."""
+    rng = np.random.default_rng(seed)
+    return _sessions([rng.choice(5, 4) + 5 * (k % 2) for k in range(n_sessions)])
+
+
+def test_bpr_mf_learns_which_items_go_together():
+    train = _two_groups()
+    # An untrained model (random factors) does not separate the groups; a trained one must.
+    for epochs, lr, should_separate in [(1, 1e-9, False), (30, 0.1, True)]:
+        model = baselines.BPRMF(train, 10, n_factors=8, n_epochs=epochs, learning_rate=lr, seed=1)
+        separated = []
+        for item in range(10):
+            scores = model.session_scores(np.array([item]))[0]
+            same = np.arange(10) // 5 == item // 5
+            separated.append(np.delete(scores, item)[np.delete(same, item)].min() > scores[~same].max())
+        assert all(separated) == should_separate
+    assert model.epoch_losses[-1] < 0.5 * model.epoch_losses[0]
+
+
+def test_bpr_mf_is_reproducible_from_its_seed():
+    train = _two_groups(40)
+    a, b, c = (baselines.BPRMF(train, 10, n_factors=4, n_epochs=2, seed=seed) for seed in (7, 7, 8))
+    np.testing.assert_array_equal(a.item_factors, b.item_factors)
+    np.testing.assert_array_equal(a.session_factors, b.session_factors)
+    assert not np.allclose(a.item_factors, c.item_factors)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_factors=0), "n_factors"), (dict(n_factors=2.5), "n_factors"), (dict(n_epochs=0), "n_epochs"),
+    (dict(learning_rate=0.0), "learning_rate"), (dict(learning_rate=float("nan")), "learning_rate"),
+    (dict(lambda_item=-0.1), "lambda_item"), (dict(lambda_session=-1.0), "lambda_session"),
+    (dict(sigma=0.0), "sigma"), (dict(n_items=3), r"\[0, n_items\)"),
+])
+def test_bpr_mf_rejects_bad_arguments(kwargs, message):
+    n_items = kwargs.pop("n_items", 10)
+    with pytest.raises(ValueError, match=message):
+        baselines.BPRMF(_two_groups(4), n_items, **kwargs)
