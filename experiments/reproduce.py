@@ -10,12 +10,14 @@ be rerun alone); baselines run in this process with the same ranking protocol.
 Writes ``{table}.md``, ``{table}.json`` and, when matplotlib is installed,
 ``{table}.png`` to --out_dir. The JSON is rewritten after every run, and runs
 already in it with the same command are reused (--rerun to redo them), so an
-interrupted reproduction continues where it stopped.
+interrupted reproduction continues where it stopped; a changed flag file
+(or one it includes) makes its rows run again.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -93,6 +95,23 @@ def train_command(row: Row, seed: int, paths: dict, extra: Sequence[str], metric
         sys.executable, "-m", "experiments.train", f"--flagfile={row.flagfile}",
         *(f"--{k}={v}" for k, v in paths.items()), f"--seed={seed}", *extra, f"--metrics_out={metrics_out}",
     ]
+
+
+def flagfile_digest(path: str) -> str:
+    """SHA-1 of a flag file and of the flag files it includes: a run is reused only if they are unchanged."""
+    digest = hashlib.sha1()
+    pending, seen = [path], set()
+    while pending:
+        current = pending.pop()
+        if current in seen or not os.path.isfile(current):
+            continue  # a missing file fails in the run itself, with its own message
+        seen.add(current)
+        with open(current, "rb") as f:
+            text = f.read()
+        digest.update(text)
+        pending += [line[len("--flagfile="):].strip() for line in text.decode().splitlines()
+                    if line.startswith("--flagfile=")]
+    return digest.hexdigest()
 
 
 def _display_command(command: list[str]) -> str:
@@ -196,7 +215,7 @@ def write_markdown(path: str, report: dict, table: Table) -> None:
         for c in report["orderings"]:
             relation = "above" if c["paper_says_higher"] else "below"
             paper = (f"paper {_fmt(c['paper'][0])} vs {_fmt(c['paper'][1])}"
-                     if None not in c["paper"] else "claimed by the paper")
+                     if None not in c["paper"] else "no paper numbers: the expected direction")
             verdict = "holds" if c["holds"] else "does NOT hold"
             lines.append(f"- {labels[c['higher']]} {relation} {labels[c['lower']]} on {c['metric']}: {verdict} "
                          f"(ours {_fmt(c['ours'][0])} vs {_fmt(c['ours'][1])}; {paper})")
@@ -271,7 +290,7 @@ def reproduce(
     previous = {}
     if os.path.exists(json_path):
         with open(json_path) as f:
-            previous = {(r["key"], run["seed"], run["command"]): run
+            previous = {(r["key"], run["seed"], run["command"], run.get("flagfile_digest", "")): run
                         for r in json.load(f).get("rows", []) for run in r["runs"]}
     report = dict(
         table=table.name, title=table.title, command=command, date=datetime.date.today().isoformat(),
@@ -289,17 +308,19 @@ def reproduce(
         report["rows"].append(entry)
         for seed in seeds[:1] if row.baseline in DETERMINISTIC_BASELINES else seeds:
             if row.baseline:
-                shown = f"baselines {row.baseline} (seed {seed}) on {train_path} -> {test_path}"
+                shown, digest = f"baselines {row.baseline} (seed {seed}) on {train_path} -> {test_path}", ""
             else:
                 shown = _display_command(train_command(row, seed, paths, train_flags, ""))
+                digest = flagfile_digest(row.flagfile)
+            key = (row.key, seed, shown, digest)
             if row not in selected:
-                if (row.key, seed, shown) in previous:
-                    entry["runs"].append(previous[(row.key, seed, shown)])
+                if key in previous:
+                    entry["runs"].append(previous[key])
                 continue
             done += 1
             prefix = f"[{done}/{n_runs}] {row.label}, seed {seed}"
-            if (row.key, seed, shown) in previous and not rerun:
-                entry["runs"].append(previous[(row.key, seed, shown)])
+            if key in previous and not rerun:
+                entry["runs"].append(previous[key])
                 log(f"{prefix}: reused from {json_path}")
                 continue
             log(f"{prefix}: running")
@@ -311,7 +332,7 @@ def reproduce(
             else:
                 metrics = run_gru_row(row, seed, paths, train_flags, log_dir)
             seconds = time.perf_counter() - t0
-            entry["runs"].append(dict(seed=seed, command=shown, seconds=seconds, metrics=metrics))
+            entry["runs"].append(dict(seed=seed, command=shown, flagfile_digest=digest, seconds=seconds, metrics=metrics))
             k = table.cutoff
             log(f"{prefix}: R@{k} {metrics[f'recall@{k}']:.4f}  MRR@{k} {metrics[f'mrr@{k}']:.4f}  ({seconds:.0f} s)")
             _summarise(report, table)

@@ -90,12 +90,25 @@ def test_reproduce_writes_the_table_and_reuses_runs(tmp_path, tsv_paths):
     again = reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
     assert sum("reused" in line for line in lines) == 4
     assert again["rows"] == report["rows"]
+    # Editing a row's flag file (here, one it includes) makes that row run again.
+    included = tmp_path / "included.cfg"
+    included.write_text("--n_epochs=1\n")
+    with open(table.row("gru").flagfile, "a") as f:
+        f.write(f"--flagfile={included}\n")
+    lines.clear()
+    reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    assert sum("reused" in line for line in lines) == 2  # the two baselines
+    lines.clear()
+    included.write_text("--n_epochs=2\n")
+    reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    assert sum("reused" in line for line in lines) == 2
+
     # Running some rows again keeps the others' runs in the files.
     lines.clear()
     partial = reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), rows=["pop"], out_dir=str(out), rerun=True,
                                   log=lines.append)
     assert not any("reused" in line for line in lines) and len(lines) == 3  # running, result, wrote
-    assert partial["rows"][1:] == report["rows"][1:]
+    assert partial["rows"][1] == report["rows"][1] and len(partial["rows"][2]["runs"]) == 2
     assert [r["key"] for r in json.loads((out / "tiny.json").read_text())["rows"] if r["runs"]] == ["pop", "spop", "gru"]
 
 
