@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments import reproduce
+from experiments import table_runner
 from experiments.paper_tables import TABLES, Row, Table
 from gru4rec_jax import baselines, data, synthetic
 
@@ -43,7 +43,7 @@ def test_orderings_follow_the_papers_numbers_per_metric():
     means = {"a": {"recall@20": 0.40, "mrr@20": 0.30}, "b": {"recall@20": 0.45, "mrr@20": 0.31},
              "c": {"recall@20": 0.50, "mrr@20": 0.10}}
     got = [(c["higher"], c["lower"], c["metric"], c["paper_says_higher"], c["holds"])
-           for c in reproduce.check_orderings(table, means)]
+           for c in table_runner.check_orderings(table, means)]
     assert got == [
         ("a", "b", "recall@20", True, False),  # paper .6 > .5, ours .40 < .45
         ("a", "b", "mrr@20", False, True),  # paper .20 < .25, ours .30 < .31: same direction
@@ -56,7 +56,7 @@ def test_reproduce_writes_the_table_and_reuses_runs(tmp_path, tsv_paths):
     table = _table(tmp_path)
     out = tmp_path / "out"
     lines = []
-    report = reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    report = table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
     assert {p.name for p in out.iterdir()} >= {"tiny.md", "tiny.json"}
     # Baselines without randomness run once, the network once per seed.
     assert [len(r["runs"]) for r in report["rows"]] == [1, 1, 2]
@@ -87,7 +87,7 @@ def test_reproduce_writes_the_table_and_reuses_runs(tmp_path, tsv_paths):
 
     # A second call reuses every run with the same command; rerun=True runs them again.
     lines.clear()
-    again = reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    again = table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
     assert sum("reused" in line for line in lines) == 4
     assert again["rows"] == report["rows"]
     # Editing a row's flag file (here, one it includes) makes that row run again.
@@ -96,17 +96,17 @@ def test_reproduce_writes_the_table_and_reuses_runs(tmp_path, tsv_paths):
     with open(table.row("gru").flagfile, "a") as f:
         f.write(f"--flagfile={included}\n")
     lines.clear()
-    reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
     assert sum("reused" in line for line in lines) == 2  # the two baselines
     lines.clear()
     included.write_text("--n_epochs=2\n")
-    reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
     assert sum("reused" in line for line in lines) == 2
 
     # Running some rows again keeps the others' runs in the files.
     lines.clear()
-    partial = reproduce.reproduce(table, *tsv_paths, seeds=(0, 1), rows=["pop"], out_dir=str(out), rerun=True,
-                                  log=lines.append)
+    partial = table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), rows=["pop"], out_dir=str(out),
+                                     rerun=True, log=lines.append)
     assert not any("reused" in line for line in lines) and len(lines) == 3  # running, result, wrote
     assert partial["rows"][1] == report["rows"][1] and len(partial["rows"][2]["runs"]) == 2
     assert [r["key"] for r in json.loads((out / "tiny.json").read_text())["rows"] if r["runs"]] == ["pop", "spop", "gru"]
@@ -115,8 +115,8 @@ def test_reproduce_writes_the_table_and_reuses_runs(tmp_path, tsv_paths):
 def test_a_failing_row_is_one_line_and_keeps_earlier_results(tmp_path, tsv_paths):
     table = _table(tmp_path, gru_flags=("--n_epochs=1", "--learning_rate=-1"))
     out = tmp_path / "out"
-    with pytest.raises(reproduce.ReproduceError) as error:
-        reproduce.reproduce(table, *tsv_paths, out_dir=str(out), log=lambda line: None)
+    with pytest.raises(table_runner.ReproduceError) as error:
+        table_runner.reproduce(table, *tsv_paths, out_dir=str(out), log=lambda line: None)
     message = str(error.value)
     assert "\n" not in message and "row gru (seed 0) failed" in message and "learning_rate" in message
     kept = json.loads((out / "tiny.json").read_text())
