@@ -108,18 +108,59 @@ def _item_table(key, n, h, blocks=1):
     return jax.lax.fori_loop(0, n_blocks, fill, jnp.zeros((n, blocks * h), jnp.float32))
 
 
+def item_table_rows(key, n, h, start, count, blocks=1):
+    """Rows ``[start, start + count)`` of ``_item_table(key, n, h, blocks)``, zero beyond row n.
+
+    ``start`` may be traced (a shard's first row): only the blocks that cover
+    these rows are drawn, so a device initialises its shard of a table without
+    ever holding the whole table. Row r of a block-drawn table comes from the
+    last block if r >= n - block rows (it is written last), else from block
+    r // block rows.
+    """
+    width = blocks * h
+    if n <= _INIT_BLOCK_ROWS:
+        table = jnp.pad(_gate_blocks(key, n, h, blocks), [(0, count), (0, 0)])
+        return jax.lax.dynamic_slice(table, (start, 0), (count, width))
+    rows = _INIT_BLOCK_ROWS
+    n_blocks = -(-n // rows)
+
+    def block(b):
+        block_keys = jax.random.split(jax.random.fold_in(key, b), blocks)
+        return jnp.concatenate([_uniform(k, (rows, h), n, h) for k in block_keys], axis=1)
+
+    # A margin of one block on each side keeps every write inside the buffer.
+    def write(b, block_start, buffer):
+        return jax.lax.dynamic_update_slice(buffer, block(b), (block_start - start + rows, 0))
+
+    buffer = jnp.zeros((count + 2 * rows, width), jnp.float32)
+    first = start // rows
+    last = jnp.minimum((start + count - 1) // rows, n_blocks - 2)
+    buffer = jax.lax.fori_loop(first, last + 1, lambda b, buf: write(b, b * rows, buf), buffer)
+    needs_last = (start < n) & (start + count > n - rows)
+    buffer = jax.lax.cond(needs_last, lambda buf: write(n_blocks - 1, n - rows, buf), lambda buf: buf, buffer)
+    return jax.lax.dynamic_slice(buffer, (rows, 0), (count, width))
+
+
+def item_table_keys(key: jax.Array, config: ModelConfig) -> dict[str, tuple[jax.Array, int, int]]:
+    """``name -> (key, h, blocks)`` of the randomly initialised item tables (``By`` starts at zero)."""
+    key_out, key_in = jax.random.split(key, 2 + len(config.layers))[:2]
+    keys = {"Wy": (key_out, config.layers[-1], 1)}
+    if config.embedding == "separate":
+        keys["E"] = (key_in, config.embedding_dim, 1)
+    elif config.embedding == "onehot":
+        keys["Wx0"] = (key_in, config.layers[0], 3)
+    return keys
+
+
 def init_params(key: jax.Array, config: ModelConfig) -> dict:
     """Reference initialisation: uniform +-sqrt(6/(fan_in+fan_out)) per gate block, zero biases."""
     n, layers = config.n_items, config.layers
-    key_out, key_in, *layer_keys = jax.random.split(key, 2 + len(layers))
-    tables = {
-        "Wy": _item_table(key_out, n, layers[-1]),
-        "By": jnp.zeros((n,), jnp.float32),
-    }
-    if config.embedding == "separate":
-        tables["E"] = _item_table(key_in, n, config.embedding_dim)
-    elif config.embedding == "onehot":
-        tables["Wx0"] = _item_table(key_in, n, layers[0], blocks=3)
+    layer_keys = jax.random.split(key, 2 + len(layers))[2:]
+    table_keys = item_table_keys(key, config)
+    key_out = table_keys.pop("Wy")[0]
+    tables = {"Wy": _item_table(key_out, n, layers[-1]), "By": jnp.zeros((n,), jnp.float32)}
+    for name, (k, h, blocks) in table_keys.items():
+        tables[name] = _item_table(k, n, h, blocks)
     layer_params = []
     d_in = config.input_dim
     for i, (h, k) in enumerate(zip(layers, layer_keys)):
