@@ -161,8 +161,9 @@ def load(path: str, epoch: Optional[int] = None, mesh: Optional[Mesh] = None) ->
         )
         n_items = abstract.params["tables"]["Wy"].shape[0]
         rows = int(meta.get("table_rows", n_items))
-        if rows != n_items or mesh is not None:
-            abstract = _restore_target(abstract, rows, mesh)
+        # Explicit target shardings, also for one device: a state saved from
+        # a mesh cannot be restored onto its own (absent) topology.
+        abstract = _restore_target(abstract, rows, mesh)
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )
