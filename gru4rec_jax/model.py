@@ -112,10 +112,11 @@ def item_table_rows(key, n, h, start, count, blocks=1):
     """Rows ``[start, start + count)`` of ``_item_table(key, n, h, blocks)``, zero beyond row n.
 
     ``start`` may be traced (a shard's first row): only the blocks that cover
-    these rows are drawn, so a device initialises its shard of a table without
-    ever holding the whole table. Row r of a block-drawn table comes from the
-    last block if r >= n - block rows (it is written last), else from block
-    r // block rows.
+    these rows are drawn, and each is merged into the result where it owns
+    rows, so a device initialises its shard of a table holding no more than
+    the shard and one block. Row r of a block-drawn table comes from the last
+    block if r >= n - block rows (that block is written last), else from
+    block r // block rows.
     """
     width = blocks * h
     if n <= _INIT_BLOCK_ROWS:
@@ -123,22 +124,26 @@ def item_table_rows(key, n, h, start, count, blocks=1):
         return jax.lax.dynamic_slice(table, (start, 0), (count, width))
     rows = _INIT_BLOCK_ROWS
     n_blocks = -(-n // rows)
+    size = max(count, rows)  # a window of one block always fits
 
-    def block(b):
+    def write(b, block_start, out):
         block_keys = jax.random.split(jax.random.fold_in(key, b), blocks)
-        return jnp.concatenate([_uniform(k, (rows, h), n, h) for k in block_keys], axis=1)
+        block = jnp.concatenate([_uniform(k, (rows, h), n, h) for k in block_keys], axis=1)
+        offset = block_start - start  # the block's first row in ``out`` (may lie outside)
+        at = jnp.clip(offset, 0, size - rows)
+        source = at - offset + jnp.arange(rows)  # block row landing on out[at + i]
+        owned = ((source >= 0) & (source < rows))[:, None]
+        window = jax.lax.dynamic_slice(out, (at, 0), (rows, width))
+        merged = jnp.where(owned, jnp.roll(block, offset - at, axis=0), window)
+        return jax.lax.dynamic_update_slice(out, merged, (at, 0))
 
-    # A margin of one block on each side keeps every write inside the buffer.
-    def write(b, block_start, buffer):
-        return jax.lax.dynamic_update_slice(buffer, block(b), (block_start - start + rows, 0))
-
-    buffer = jnp.zeros((count + 2 * rows, width), jnp.float32)
+    out = jnp.zeros((size, width), jnp.float32)
     first = start // rows
     last = jnp.minimum((start + count - 1) // rows, n_blocks - 2)
-    buffer = jax.lax.fori_loop(first, last + 1, lambda b, buf: write(b, b * rows, buf), buffer)
+    out = jax.lax.fori_loop(first, last + 1, lambda b, out: write(b, b * rows, out), out)
     needs_last = (start < n) & (start + count > n - rows)
-    buffer = jax.lax.cond(needs_last, lambda buf: write(n_blocks - 1, n - rows, buf), lambda buf: buf, buffer)
-    return jax.lax.dynamic_slice(buffer, (rows, 0), (count, width))
+    out = jax.lax.cond(needs_last, lambda out: write(n_blocks - 1, n - rows, out), lambda out: out, out)
+    return out if size == count else out[:count]
 
 
 def item_table_keys(key: jax.Array, config: ModelConfig) -> dict[str, tuple[jax.Array, int, int]]:
