@@ -344,7 +344,10 @@ def initialize_distributed(
     if coordinator_address and (num_processes < 1 or not 0 <= process_id < num_processes):
         raise ValueError("--coordinator_address needs --num_processes >= 1 and 0 <= --process_id < --num_processes")
     # Only CPU devices use it; accelerators keep their own collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:  # a JAX without the option (gloo may be its default)
+        pass
     if coordinator_address:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     else:
