@@ -274,8 +274,8 @@ def test_multidevice_tests_in_subprocess():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
-    # Everything ran there but this wrapper (and the two-process test, which starts its own processes).
-    assert re.search(r"\d+ passed, 2 skipped", summary), summary
+    # Everything ran there but the three tests that start their own processes (this one included).
+    assert re.search(r"\d+ passed, 3 skipped", summary), summary
 
 
 # -- two processes (jax.distributed) -------------------------------------------------------------
@@ -361,3 +361,27 @@ def test_sharded_init_matches_single_device():
                      sharding.unpad_tables(state, n), expected)
         padding = np.asarray(state.params["tables"]["Wy"])[n:]
         assert padding.size and not padding.any()
+
+
+@pytest.mark.skipif(jax.device_count() >= N_DEVICES, reason="run by the main test process")
+def test_sharded_memory_benchmark_runs_and_refuses_a_state_that_fits(tmp_path):
+    def bench(*args):
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the script asks for its devices
+        return subprocess.run([sys.executable, "-m", "experiments.benchmark_sharded", "--h=8", "--chunk_steps=4",
+                               "--chunks=1", "--eval_events=32", "--eval_batch_size=32", *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    refused = bench("--items=1000", "--device_memory_gib=1")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: the state (0.00 GiB) fits one 1.0 GiB device")
+    report_path = tmp_path / "report.json"
+    # 70,001 items x (8 + 1) floats x 3 = 7.6 MB on one device; 1/8 of it plus the sampler per device.
+    ran = bench("--items=70001", "--device_memory_gib=0.005", "--mesh=data:2,items:4", f"--json_out={report_path}")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["fits"] and report["devices"] == 8 and report["eval_events"] > 0
+    assert report["one_device_state_gib"] > 0.005 >= report["max_per_device_gib"]
+    # Per device: a quarter of the 70,004 padded rows of Wy and By, times 3 (parameter, accumulator,
+    # velocity); the GRU weights (Wx, Wrz, Wh, b) times 3; the step counter; the sampler and log-support.
+    expected = (70004 // 4) * 9 * 4 * 3 + (8 * 24 + 8 * 16 + 8 * 8 + 24) * 4 * 3 + 4 + 70001 * 12
+    assert report["max_per_device_gib"] * (1 << 30) == pytest.approx(expected, rel=1e-9)
