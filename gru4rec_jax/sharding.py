@@ -216,8 +216,9 @@ def init_state(
     ``table_keys_fn(key)`` names the tables that ``init_fn`` draws at random and
     how (``model.item_table_keys``); each device draws only the blocks of
     rows it owns (``model.item_table_rows``), so values equal the
-    single-device ones and no device ever holds a whole table (the whole-table
-    draws of ``init_fn`` are unused, and compiled away).
+    single-device ones (a few may differ in the last bit where XLA fuses the
+    draw differently) and no device ever holds a whole table (the
+    whole-table draws of ``init_fn`` are unused, and compiled away).
     """
     rows = padded_rows(n_items, mesh)
     n_local = rows // mesh.shape["items"]
