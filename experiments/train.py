@@ -16,7 +16,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from gru4rec_jax import checkpoint, data, experiment, training
+from gru4rec_jax import checkpoint, data, experiment, sharding, training
 
 _D = flags.DEFINE_string
 _F = flags.DEFINE_float
@@ -85,6 +85,13 @@ _I("eval_batch_size", 512, "Session lanes during evaluation.")
 _D("save_path", "", "Directory for checkpoints (one per epoch).")
 _D("load_path", "", "Checkpoint directory to evaluate or resume.")
 _D("metrics_out", "", "Write the metrics as JSON to this file.")
+# Devices and hosts.
+_D("mesh", "", "Device mesh, e.g. 'items:8' (item tables sharded by rows over 8 devices) or 'data:2,items:4' "
+   "(also lanes over 2); the sizes multiply to the number of devices. Empty: one device.")
+_D("coordinator_address", "", "Multi-host: host:port of process 0; starts jax.distributed (also started by "
+   "JAX_COORDINATOR_ADDRESS, or GRU4REC_DISTRIBUTED=1 on clusters JAX detects).")
+_I("num_processes", 0, "Multi-host: number of processes.")
+_I("process_id", -1, "Multi-host: this process's index in [0, num_processes).")
 
 FLAGS = flags.FLAGS
 
@@ -135,6 +142,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
         load_path=FLAGS.load_path,
         resume=bool(FLAGS.load_path) and FLAGS["n_epochs"].present,
         metrics_out=FLAGS.metrics_out,
+        mesh=FLAGS.mesh,
     )
 
 
@@ -145,6 +153,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out of the output
     jax.config.update("jax_default_matmul_precision", FLAGS.matmul_precision)
     try:
+        sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         experiment.run(config_from_flags())
     except (
         data.DataError,

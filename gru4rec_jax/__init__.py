@@ -1,6 +1,6 @@
 """gru4rec-jax: the GRU4Rec family of session-based recommenders in JAX."""
 
-from gru4rec_jax import losses
+from gru4rec_jax import losses, sharding
 from gru4rec_jax.batching import Schedule, session_parallel_schedule
 from gru4rec_jax.checkpoint import CheckpointWriter
 from gru4rec_jax.checkpoint import load as load_checkpoint
@@ -18,6 +18,7 @@ from gru4rec_jax.losses import (
 from gru4rec_jax.model import ModelConfig, gru_cell, init_params
 from gru4rec_jax.optimizer import adagrad_momentum, sparse_adagrad_momentum_update
 from gru4rec_jax.recommend import Recommender
+from gru4rec_jax.sharding import make_mesh, parse_mesh
 from gru4rec_jax.training import TrainConfig, TrainState, TrainingError, fit
 
 __all__ = [
@@ -45,8 +46,11 @@ __all__ = [
     "init_params",
     "load_checkpoint",
     "losses",
+    "make_mesh",
+    "parse_mesh",
     "read_events",
     "session_parallel_schedule",
+    "sharding",
     "sparse_adagrad_momentum_update",
     "top1_loss",
     "top1_max_loss",

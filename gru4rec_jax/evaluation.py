@@ -16,19 +16,27 @@ Large catalogues are scored block by block (``item_block`` items at a time)
 inside the compiled loop, so memory stays at (lanes x block) floats whatever
 the catalogue size; each block's matrix product is followed by the two
 comparisons that count the items scoring above (and equal to) the target.
+
+With item tables sharded over a mesh's ``items`` axis (:mod:`gru4rec_jax.sharding`),
+each device scores its own rows (block by block as above), the target's score
+comes from the device that owns the target, and the per-device counts are
+summed over ``items``: no device holds the scores of all items. Padding rows
+of the sharded tables are masked out.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
 from gru4rec_jax import model as model_lib
 from gru4rec_jax import networks
+from gru4rec_jax import sharding as sharding_lib
 from gru4rec_jax.batching import pad_into_chunks, session_parallel_schedule
 from gru4rec_jax.data import Sessions
 from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
@@ -107,11 +115,84 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block):
     return greater + 0.5 * (equal - 1.0) + 1.0
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "cutoffs", "mode", "item_block", "reset_flag"))
-def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag):
+def _ranks_of_counts(greater, equal, mode):
+    if mode == "standard":
+        return greater + 1.0
+    if mode == "conservative":
+        return greater + equal
+    return greater + 0.5 * (equal - 1.0) + 1.0
+
+
+def target_counts_sharded(output, targets, tables, n_items, item_block, mesh):
+    """#(score > target) and #(score == target) over the first ``n_items`` rows of
+    item tables sharded by rows over ``mesh``'s ``items`` axis; lanes over ``data``.
+
+    Per device: the scores of its rows, ``item_block`` at a time; the target's
+    score is picked from the product of the device and block that hold it
+    (as in :func:`_ranks_by_blocks`) and summed over ``items`` (one owner,
+    zeros elsewhere: exact); then each device counts and the counts are summed.
+    Returns two int32 (B,) arrays.
+    """
+
+    def local(output, targets, wy, by):
+        n_local, h = wy.shape
+        start = jax.lax.axis_index("items") * n_local
+        size = min(n_local, item_block)
+        # Blocks of ``size`` rows; the last one overlaps the one before it and
+        # counts only rows it alone covers.
+        starts = jnp.minimum(jnp.arange(-(-n_local // size)) * size, n_local - size)
+        first_new = jnp.arange(-(-n_local // size)) * size
+
+        def scores_of(s):
+            w = jax.lax.dynamic_slice(wy, (s, 0), (size, h))
+            b = jax.lax.dynamic_slice(by, (s,), (size,))
+            return output @ w.T + b
+
+        def pick(acc, block):
+            s, new_from = block
+            offset = targets - start - s
+            # Only from the block that counts the target's row (below), so that ties stay exact.
+            inside = (offset >= new_from - s) & (offset < size)
+            picked = jnp.take_along_axis(scores_of(s), jnp.clip(offset, 0, size - 1)[:, None], 1)[:, 0]
+            return jnp.where(inside, picked, acc), None
+
+        target_score, _ = jax.lax.scan(pick, jnp.zeros(targets.shape, output.dtype), (starts, first_new))
+        owned = (targets >= start) & (targets < start + n_local)
+        target_score = jax.lax.psum(jnp.where(owned, target_score, 0.0), "items")
+
+        def count(acc, block):
+            s, new_from = block
+            rows = s + jnp.arange(size)
+            valid = ((rows >= new_from) & (start + rows < n_items))[None, :]
+            scores = scores_of(s)
+            greater = jnp.sum((scores > target_score[:, None]) & valid, axis=1)
+            equal = jnp.sum((scores == target_score[:, None]) & valid, axis=1)
+            return (acc[0] + greater, acc[1] + equal), None
+
+        zeros = jnp.zeros(targets.shape, jnp.int32)
+        (greater, equal), _ = jax.lax.scan(count, (zeros, zeros), (starts, first_new))
+        return jax.lax.psum(greater, "items"), jax.lax.psum(equal, "items")
+
+    return jax.shard_map(
+        local, mesh=mesh,
+        in_specs=(P("data", None), P("data"), P("items", None), P("items")),
+        out_specs=(P("data"), P("data")),
+        check_vma=False,  # the scans' carries start replicated and become per-device
+    )(output, targets, tables["Wy"], tables["By"])
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model_config", "cutoffs", "mode", "item_block", "reset_flag", "mesh"))
+def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag, mesh=None):
     # Per-chunk sums stay small enough for exact float32 counts; the host adds them in float64.
     cutoff_array = jnp.asarray(cutoffs, jnp.float32)
     net = networks.network_for(model_config, reset_flag=reset_flag)
+
+    def input_rows(items):
+        if mesh is None:
+            return model_lib.embed_inputs(params["tables"], items, net.items)
+        name = {"shared": "Wy", "separate": "E", "onehot": "Wx0"}[net.items.embedding]
+        return sharding_lib.gather_rows(params["tables"][name], items, mesh)
 
     def step(carry, batch):
         hidden, totals = carry
@@ -119,9 +200,13 @@ def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_blo
 
         def run(hidden):
             hidden = net.begin(params["layers"], hidden, {name: batch[name] for name in net.flags}, None)
-            rows = model_lib.embed_inputs(params["tables"], inputs, net.items)
-            output, hidden = net.forward(params["layers"], rows, hidden, None)
-            ranks = _ranks_by_blocks(output, targets, params["tables"], mode, item_block)
+            output, hidden = net.forward(params["layers"], input_rows(inputs), hidden, None)
+            if mesh is None:
+                ranks = _ranks_by_blocks(output, targets, params["tables"], mode, item_block)
+            else:
+                counts = target_counts_sharded(
+                    output, targets, params["tables"], net.items.n_items, item_block, mesh)
+                ranks = _ranks_of_counts(*(c.astype(jnp.float32) for c in counts), mode)
             hit = (ranks[:, None] <= cutoff_array[None, :]) & scored[:, None]
             recall = jnp.sum(hit, axis=0, dtype=jnp.float32)
             mrr = jnp.sum(jnp.where(hit, 1.0 / ranks[:, None], 0.0), axis=0)
@@ -135,6 +220,8 @@ def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_blo
 
     totals = jnp.zeros((2, len(cutoffs)), jnp.float32)
     (hidden, totals), _ = jax.lax.scan(step, (hidden, totals), chunk)
+    if mesh is not None:  # every process can read the sums
+        totals = jax.lax.with_sharding_constraint(totals, sharding_lib.replicated(mesh))
     return hidden, totals
 
 
@@ -148,6 +235,7 @@ def evaluate(
     batch_size: int = 512,
     chunk_steps: int = 256,
     item_block: int = 65536,
+    mesh: Optional[Mesh] = None,
 ) -> dict:
     """Recall@K and MRR@K over all next-item events of ``sessions``.
 
@@ -158,6 +246,10 @@ def evaluate(
     With ``UserSessions`` (HRNN, or GRU4Rec over users' concatenated
     sessions), each user's sessions are replayed in order to build the state
     and only the user's LAST session (the test session) is scored.
+
+    With a ``mesh``, ``params`` are those of a state placed on it
+    (``sharding.place_state``): item tables sharded by rows over ``items``, the
+    lanes over ``data`` (``batch_size`` must divide by its size).
 
     Returns ``{"recall@K": ..., "mrr@K": ..., "n_eval_events": N}``.
     """
@@ -180,10 +272,18 @@ def evaluate(
     arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
     chunks = pad_into_chunks({**arrays, "scored": scored}, min(chunk_steps, schedule.n_steps))
     hidden = net.zero_carry(batch_size)
+    place = lambda tree: tree  # noqa: E731
+    if mesh is not None:
+        sharding_lib.check_batch_size(mesh, batch_size, "eval_batch_size")
+        hidden = jax.tree.map(lambda x: sharding_lib.put(x, sharding_lib.lane_sharding(mesh, x.ndim, 0)), hidden)
+        place = lambda tree: jax.tree.map(  # noqa: E731
+            lambda x: sharding_lib.put(x, sharding_lib.lane_sharding(mesh, x.ndim, x.ndim - 1)), tree)
     chunk_totals = []
     for c in range(chunks["inputs"].shape[0]):
-        chunk = {name: array[c] for name, array in chunks.items()}
-        hidden, sums = _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag)
+        chunk = place({name: array[c] for name, array in chunks.items()})
+        hidden, sums = _evaluate_chunk(
+            params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag,
+            **({} if mesh is None else {"mesh": mesh}))
         chunk_totals.append(sums)
     totals = np.sum([np.asarray(t, np.float64) for t in chunk_totals], axis=0) / n_events
     result = {}

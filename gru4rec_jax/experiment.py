@@ -13,11 +13,13 @@ import tempfile
 import time
 from typing import Callable, Optional
 
+import jax
 import numpy as np
 
 from gru4rec_jax import checkpoint as checkpoint_lib
 from gru4rec_jax import data as data_lib
 from gru4rec_jax import dwell, evaluation, hrnn, synthetic, training, user_data
+from gru4rec_jax import sharding as sharding_lib
 from gru4rec_jax.model import ModelConfig
 
 __all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "run", "write_json_atomic"]
@@ -71,6 +73,7 @@ class ExperimentConfig:
     load_path: str = ""
     resume: bool = False  # with load_path: train on up to train.n_epochs
     metrics_out: str = ""
+    mesh: str = ""  # e.g. "items:8" or "data:2,items:4" (sharding.parse_mesh); empty: one device
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
@@ -150,11 +153,20 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     Raises DataError, CheckpointError, TrainingError or ValueError with a
     one-line message on bad input. Checkpoints are written after every epoch
     to ``save_path``; a path that already holds checkpoints of another run is
-    refused rather than overwritten.
+    refused rather than overwritten. ``cfg.mesh`` spreads the item tables
+    and lanes over devices (:mod:`gru4rec_jax.sharding`).
     """
+    mesh = None
+    mesh_spec = sharding_lib.parse_mesh(cfg.mesh)
+    if mesh_spec is not None:
+        mesh = sharding_lib.make_mesh(mesh_spec)
+        sharding_lib.check_batch_size(mesh, cfg.eval.batch_size, "eval_batch_size")
+        if not cfg.load_path:
+            sharding_lib.check_batch_size(mesh, cfg.train.batch_size)
+        log(f"mesh {mesh_spec} over {mesh.size} devices ({jax.process_count()} process(es))")
     restored: Optional[checkpoint_lib.Checkpoint] = None
     if cfg.load_path:
-        restored = checkpoint_lib.load(cfg.load_path)
+        restored = checkpoint_lib.load(cfg.load_path, mesh=mesh)
         log(f"restored {cfg.load_path} (epoch {restored.epoch}, {len(restored.item_map)} items)")
     save_path = cfg.save_path or (cfg.load_path if cfg.resume else "")
     if save_path and os.path.abspath(save_path) != os.path.abspath(cfg.load_path or "\0"):
@@ -229,7 +241,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         try:
             state, history = training.fit(
                 train_data, model_config, train_config, state=state,
-                start_epoch=start_epoch, on_epoch_end=on_epoch_end, log=log,
+                start_epoch=start_epoch, on_epoch_end=on_epoch_end, log=log, mesh=mesh,
             )
         finally:
             if writer is not None:
@@ -254,7 +266,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         t0 = time.perf_counter()
         results = evaluation.evaluate(
             state.params, model_config, test_sessions, cutoffs=cfg.eval.cutoffs,
-            mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+            mode=cfg.eval.mode, batch_size=cfg.eval.batch_size, mesh=mesh,
         )
         seconds = time.perf_counter() - t0
         metrics.update(results)
@@ -265,7 +277,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     else:
         log("no test data given: skipping evaluation")
 
-    if cfg.metrics_out:
+    if cfg.metrics_out and jax.process_index() == 0:
         write_json_atomic(cfg.metrics_out, metrics)
         log(f"wrote {cfg.metrics_out}")
     return metrics

@@ -52,6 +52,11 @@ class HRNNConfig:
         return self.session.n_items
 
 
+def item_table_keys(key: jax.Array, config: HRNNConfig) -> dict:
+    """The item tables' keys of :func:`init_params` (see ``model.item_table_keys``)."""
+    return model_lib.item_table_keys(jax.random.split(key, 4)[0], config.session)
+
+
 def init_params(key: jax.Array, config: HRNNConfig) -> dict:
     """GRU4Rec's parameters for the session network plus the user GRU and the init layer.
 

@@ -108,18 +108,64 @@ def _item_table(key, n, h, blocks=1):
     return jax.lax.fori_loop(0, n_blocks, fill, jnp.zeros((n, blocks * h), jnp.float32))
 
 
+def item_table_rows(key, n, h, start, count, blocks=1):
+    """Rows ``[start, start + count)`` of ``_item_table(key, n, h, blocks)``, zero beyond row n.
+
+    ``start`` may be traced (a shard's first row): only the blocks that cover
+    these rows are drawn, and each is merged into the result where it owns
+    rows, so a device initialises its shard of a table holding no more than
+    the shard and one block. Row r of a block-drawn table comes from the last
+    block if r >= n - block rows (that block is written last), else from
+    block r // block rows.
+    """
+    width = blocks * h
+    if n <= _INIT_BLOCK_ROWS:
+        table = jnp.pad(_gate_blocks(key, n, h, blocks), [(0, count), (0, 0)])
+        return jax.lax.dynamic_slice(table, (start, 0), (count, width))
+    rows = _INIT_BLOCK_ROWS
+    n_blocks = -(-n // rows)
+    size = max(count, rows)  # a window of one block always fits
+
+    def write(b, block_start, out):
+        block_keys = jax.random.split(jax.random.fold_in(key, b), blocks)
+        block = jnp.concatenate([_uniform(k, (rows, h), n, h) for k in block_keys], axis=1)
+        offset = block_start - start  # the block's first row in ``out`` (may lie outside)
+        at = jnp.clip(offset, 0, size - rows)
+        source = at - offset + jnp.arange(rows)  # block row landing on out[at + i]
+        owned = ((source >= 0) & (source < rows))[:, None]
+        window = jax.lax.dynamic_slice(out, (at, 0), (rows, width))
+        merged = jnp.where(owned, jnp.roll(block, offset - at, axis=0), window)
+        return jax.lax.dynamic_update_slice(out, merged, (at, 0))
+
+    out = jnp.zeros((size, width), jnp.float32)
+    first = start // rows
+    last = jnp.minimum((start + count - 1) // rows, n_blocks - 2)
+    out = jax.lax.fori_loop(first, last + 1, lambda b, out: write(b, b * rows, out), out)
+    needs_last = (start < n) & (start + count > n - rows)
+    out = jax.lax.cond(needs_last, lambda out: write(n_blocks - 1, n - rows, out), lambda out: out, out)
+    return out if size == count else out[:count]
+
+
+def item_table_keys(key: jax.Array, config: ModelConfig) -> dict[str, tuple[jax.Array, int, int]]:
+    """``name -> (key, h, blocks)`` of the randomly initialised item tables (``By`` starts at zero)."""
+    key_out, key_in = jax.random.split(key, 2 + len(config.layers))[:2]
+    keys = {"Wy": (key_out, config.layers[-1], 1)}
+    if config.embedding == "separate":
+        keys["E"] = (key_in, config.embedding_dim, 1)
+    elif config.embedding == "onehot":
+        keys["Wx0"] = (key_in, config.layers[0], 3)
+    return keys
+
+
 def init_params(key: jax.Array, config: ModelConfig) -> dict:
     """Reference initialisation: uniform +-sqrt(6/(fan_in+fan_out)) per gate block, zero biases."""
     n, layers = config.n_items, config.layers
-    key_out, key_in, *layer_keys = jax.random.split(key, 2 + len(layers))
-    tables = {
-        "Wy": _item_table(key_out, n, layers[-1]),
-        "By": jnp.zeros((n,), jnp.float32),
-    }
-    if config.embedding == "separate":
-        tables["E"] = _item_table(key_in, n, config.embedding_dim)
-    elif config.embedding == "onehot":
-        tables["Wx0"] = _item_table(key_in, n, layers[0], blocks=3)
+    layer_keys = jax.random.split(key, 2 + len(layers))[2:]
+    table_keys = item_table_keys(key, config)
+    key_out = table_keys.pop("Wy")[0]
+    tables = {"Wy": _item_table(key_out, n, layers[-1]), "By": jnp.zeros((n,), jnp.float32)}
+    for name, (k, h, blocks) in table_keys.items():
+        tables[name] = _item_table(k, n, h, blocks)
     layer_params = []
     d_in = config.input_dim
     for i, (h, k) in enumerate(zip(layers, layer_keys)):

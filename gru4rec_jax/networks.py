@@ -27,6 +27,7 @@ class Network:
     items: model_lib.ModelConfig  # the item-facing part: catalogue size, embedding mode
     flags: tuple[str, ...]
     init_params: Callable[[Any], dict]
+    item_table_keys: Callable[[Any], dict]  # key -> {table name: (key, h, blocks)} as init_params draws them
     zero_carry: Callable[[int], Any]
     draw_masks: Callable[[Any, int], Any]
     begin: Callable[..., Any]  # (dense, carry, flags: dict, masks or None) -> carry
@@ -53,6 +54,7 @@ def network_for(
             items=config.session,
             flags=("user_start", "session_start"),
             init_params=lambda key: hrnn_lib.init_params(key, config),
+            item_table_keys=lambda key: hrnn_lib.item_table_keys(key, config),
             zero_carry=lambda b: hrnn_lib.zero_carry(config, b),
             draw_masks=lambda key, b: hrnn_lib.dropout_masks(
                 key, config, b, dropout_p_embed, dropout_p_hidden, dropout_p_hidden_usr, dropout_p_init),
@@ -66,6 +68,7 @@ def network_for(
         items=config,
         flags=(reset_flag,),
         init_params=lambda key: model_lib.init_params(key, config),
+        item_table_keys=lambda key: model_lib.item_table_keys(key, config),
         zero_carry=lambda b: model_lib.zero_hidden(config, b),
         draw_masks=lambda key, b: model_lib.dropout_masks(key, config, b, dropout_p_embed, dropout_p_hidden),
         begin=lambda dense, carry, flags, masks: [jnp.where(flags[reset_flag][:, None], 0.0, h) for h in carry],

@@ -24,11 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from gru4rec_jax import losses as losses_lib
 from gru4rec_jax import networks
 from gru4rec_jax import optimizer as optimizer_lib
 from gru4rec_jax import sampling
+from gru4rec_jax import sharding as sharding_lib
 from gru4rec_jax.batching import Schedule, pad_into_chunks, session_parallel_schedule
 from gru4rec_jax.data import Sessions
 from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
@@ -149,7 +151,7 @@ def network_of(model_config: networks.AnyModelConfig, config: TrainConfig) -> ne
     )
 
 
-def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig):
+def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig, mesh: Optional[Mesh] = None):
     """Builds the jitted ``train_chunk(state, hidden, chunk, run_key, sampler, log_support)``.
 
     ``chunk`` holds ``[chunk_steps, B]`` arrays: inputs, targets, active and
@@ -157,16 +159,20 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig)
     ``session_start`` for HRNN). Returns ``(state, hidden, stats)`` with stats
     = (loss sum over steps, number of steps run, number of events). ``state``
     and ``hidden`` (the network's carried state) are donated.
+
+    With a ``mesh`` (:mod:`gru4rec_jax.sharding`), the state's item tables
+    are sharded by rows over ``items`` (padded, see ``sharding.place_state``)
+    and the lanes of ``hidden`` and ``chunk`` over ``data``; the same step
+    runs, its row gathers and row updates per shard.
     """
     net = network_of(model_config, config)
-    n_items = net.items.n_items
     B, S = config.batch_size, config.n_sample
     loss_fn = losses_lib.LOSSES[config.loss]
     loss_params = {"bpreg": config.bpreg} if config.loss == "bpr-max" else {}
     activation = final_activation(config)
     dense_tx = optimizer_lib.adagrad_momentum(config.learning_rate, config.momentum)
-    sparse_update = functools.partial(
-        optimizer_lib.sparse_adagrad_momentum_update,
+    sparse_update = sharding_lib.sharded_sparse_adagrad(
+        mesh,
         learning_rate=config.learning_rate,
         momentum=config.momentum,
         strategy=config.table_update,
@@ -207,8 +213,9 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig)
         tables = state.params["tables"]
         # Named scopes label the profile of experiments/profile_step.py.
         with jax.named_scope("gather_rows"):
-            input_rows = tables[input_table][inputs]
-            output_rows, output_bias = tables["Wy"][columns], tables["By"][columns]
+            input_rows = sharding_lib.gather_rows(tables[input_table], inputs, mesh)
+            output_rows = sharding_lib.gather_rows(tables["Wy"], columns, mesh)
+            output_bias = sharding_lib.gather_rows(tables["By"], columns, mesh)
         where = active[:, None] & column_valid[None, :]
         with jax.named_scope("loss_and_gradients"):
             (loss, new_hidden), grads = grad_fn(
@@ -228,7 +235,9 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig)
             layers = jax.tree.map(keep_if_padding, layers, state.params["layers"])
             dense_opt = jax.tree.map(keep_if_padding, dense_opt, state.dense_opt)
 
-        # Rows of inactive lanes are not touched (index n = "no row").
+        # Rows of inactive lanes are not touched (index n = "no row"; n counts
+        # a sharded table's padding rows too).
+        n_items = tables["Wy"].shape[0]
         input_index = jnp.where(active, inputs, n_items)
         output_index = jnp.where(column_valid, columns, n_items)
         touched = {"By": (output_index, g_bias)}
@@ -268,7 +277,6 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig)
             n_events + jnp.sum(active, dtype=jnp.int32),
         ), None
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_chunk(state, hidden, chunk, run_key, sampler, log_support):
         # The chunk's random draws in one vectorised call (many small per-step
         # calls are slow on CPU); step t still uses fold_in(run_key, t), so
@@ -285,7 +293,17 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig)
         )
         return state, hidden, (loss_sum, n_steps, n_events)
 
-    return train_chunk
+    if mesh is None:
+        return jax.jit(train_chunk, donate_argnums=(0, 1))
+    # Outputs keep the inputs' shardings, so one compiled chunk serves every call.
+    state_shape = jax.eval_shape(lambda: init_train_state(jax.random.PRNGKey(0), model_config))
+    hidden_shape = jax.eval_shape(lambda: net.zero_carry(B))
+    out_shardings = (
+        sharding_lib.state_shardings(state_shape, mesh),
+        jax.tree.map(lambda x: sharding_lib.lane_sharding(mesh, x.ndim, 0), hidden_shape),
+        sharding_lib.replicated(mesh),
+    )
+    return jax.jit(train_chunk, donate_argnums=(0, 1), out_shardings=out_shardings)
 
 
 @dataclasses.dataclass
@@ -339,6 +357,7 @@ def fit(
     on_epoch_end: Optional[Callable[[TrainState, EpochStats], None]] = None,
     log: Callable[[str], None] = print,
     schedule: Optional[Schedule] = None,
+    mesh: Optional[Mesh] = None,
 ) -> tuple[TrainState, list[EpochStats]]:
     """Trains for epochs ``start_epoch + 1 .. config.n_epochs``.
 
@@ -347,11 +366,23 @@ def fit(
     ``on_epoch_end(state, stats)`` runs after every finished epoch (e.g. to
     save a checkpoint). Raises :class:`TrainingError` on a non-finite loss,
     before that epoch's ``on_epoch_end``, so the last good checkpoint is kept.
+
+    With a ``mesh`` (:mod:`gru4rec_jax.sharding`) the state is placed on it
+    (item tables padded and sharded by rows, lanes over ``data``); the
+    returned state stays there. ``None``: one device, as always.
     """
     run_key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    if state is None:
-        state = init_train_state(init_key, model_config)
     net = network_of(model_config, config)
+    if mesh is not None:
+        sharding_lib.check_batch_size(mesh, config.batch_size)
+        n_items = net.items.n_items
+        if state is None:
+            state = sharding_lib.init_state(
+                lambda key: init_train_state(key, model_config), net.item_table_keys, init_key, n_items, mesh)
+        else:
+            state = sharding_lib.pad_tables(state, n_items, mesh)
+    elif state is None:
+        state = init_train_state(init_key, model_config)
     if isinstance(sessions, UserSessions):
         schedule = schedule or user_parallel_schedule(sessions, config.batch_size)
         sessions = sessions.sessions
@@ -363,29 +394,44 @@ def fit(
     n_chunks = -(-schedule.n_steps // config.chunk_steps)
     chunk_steps = -(-schedule.n_steps // n_chunks)
     arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
-    chunks = jax.device_put(pad_into_chunks(arrays, chunk_steps))
-    n_chunks = chunks["inputs"].shape[0]
     support = sampling.item_support(sessions.items, net.items.n_items)
     sampler = sampling.alias_table(support, config.sample_alpha)
     log_support = jnp.asarray(np.log(np.maximum(support, 1.0)), jnp.float32)
-    train_chunk = make_train_chunk(model_config, config)
+    if mesh is None:
+        chunks = jax.device_put(pad_into_chunks(arrays, chunk_steps))
+        n_chunks = chunks["inputs"].shape[0]
+        chunk_at = lambda c: jax.tree.map(lambda a: a[c], chunks)  # noqa: E731
+        zero_carry = lambda: net.zero_carry(config.batch_size)  # noqa: E731
+    else:
+        # Every process builds the whole schedule; each copies only its own lanes to its devices.
+        host_chunks = pad_into_chunks(arrays, chunk_steps)
+        n_chunks = host_chunks["inputs"].shape[0]
+        lanes = sharding_lib.lane_sharding(mesh, 2, 1)
+        device_chunks = [
+            {name: sharding_lib.put(a[c], lanes) for name, a in host_chunks.items()} for c in range(n_chunks)
+        ]
+        chunk_at = device_chunks.__getitem__
+        zero_carry = lambda: jax.tree.map(  # noqa: E731
+            lambda x: sharding_lib.put(x, sharding_lib.lane_sharding(mesh, x.ndim, 0)),
+            net.zero_carry(config.batch_size))
+        run_key, sampler, log_support = (
+            jax.tree.map(lambda x: sharding_lib.put(x, sharding_lib.replicated(mesh)), tree)
+            for tree in (run_key, sampler, log_support))
+    train_chunk = make_train_chunk(model_config, config, mesh)
     # Compile once, ahead of time, so that epoch timings measure training only.
     t0 = time.perf_counter()
-    train_chunk = train_chunk.lower(
-        state, net.zero_carry(config.batch_size),
-        jax.tree.map(lambda a: a[0], chunks), run_key, sampler, log_support,
-    ).compile()
+    train_chunk = train_chunk.lower(state, zero_carry(), chunk_at(0), run_key, sampler, log_support).compile()
     log(f"compiled the training chunk ({chunk_steps} steps) in {time.perf_counter() - t0:.1f}s")
 
     history = []
     progress = _Progress()
     for epoch in range(start_epoch, config.n_epochs):
-        hidden = net.zero_carry(config.batch_size)
+        hidden = zero_carry()
         stats = []
         t0 = time.perf_counter()
         events_so_far = 0
         for c in range(n_chunks):
-            chunk = jax.tree.map(lambda a: a[c], chunks)
+            chunk = chunk_at(c)
             state, hidden, chunk_stats = train_chunk(state, hidden, chunk, run_key, sampler, log_support)
             stats.append(chunk_stats)
             if progress.enabled:

@@ -9,6 +9,8 @@ import pytest
 # float32 hold on GPUs too (their default may use TF32).
 jax.config.update("jax_default_matmul_precision", "highest")
 
+MULTIDEVICE_COUNT = 8  # tests/test_sharding.py reruns itself with this many CPU devices
+
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
@@ -18,3 +20,17 @@ def shared_data():
     path = os.path.abspath(SHARED_DATA)
     assert os.path.isdir(path), f"missing shared data directory {path}"
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the ``multidevice`` tests only where there are 8 devices, ``host_process`` ones only where not.
+
+    The main test process has one device; tests/test_sharding.py reruns its multidevice
+    tests in a subprocess with 8 and fails unless all of them pass there.
+    """
+    many = jax.device_count() >= MULTIDEVICE_COUNT
+    unwanted = "host_process" if many else "multidevice"
+    dropped = [item for item in items if item.get_closest_marker(unwanted)]
+    if dropped:
+        items[:] = [item for item in items if not item.get_closest_marker(unwanted)]
+        config.hook.pytest_deselected(items=dropped)

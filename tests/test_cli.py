@@ -119,3 +119,35 @@ def test_flag_files_build_valid_configs():
             flags.FLAGS.unparse_flags()
         assert config.train.n_epochs == (20 if "control_20epochs" in path else 10), path
         assert config.train.loss in losses.LOSSES, path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mesh=model:2"], "error: --mesh: expected axis:size"),
+    (["--mesh=items:0"], "error: --mesh: the size of axis 'items' must be a positive integer"),
+    (["--mesh=items:2"], "error: --mesh data:1,items:2 needs 2 devices, but 1 are available"),
+    (["--num_processes=2", "--process_id=0"], "error: --num_processes and --process_id need --coordinator_address"),
+])
+def test_bad_mesh_and_host_flags_are_one_line_errors(args, message):
+    assert _error_line(run_cli(*SMALL, *args, check=False)).startswith(message)
+
+
+def test_batch_must_divide_by_the_data_axis(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-m", "experiments.train", *SMALL, "--mesh=data:2", "--batch_size=7"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert _error_line(result) == "error: --batch_size 7 is not divisible by the mesh's data axis (2)"
+
+
+def test_sharded_run_saves_a_checkpoint_that_one_device_evaluates_alike(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    sharded, single, ckpt = tmp_path / "sharded.json", tmp_path / "single.json", tmp_path / "ckpt"
+    result = subprocess.run([sys.executable, "-m", "experiments.train", *SMALL, "--n_epochs=1", "--mesh=items:2",
+                             f"--save_path={ckpt}", f"--metrics_out={sharded}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mesh data:1,items:2 over 2 devices" in result.stdout
+    run_cli(f"--load_path={ckpt}", f"--metrics_out={single}")
+    expected, got = json.loads(sharded.read_text()), json.loads(single.read_text())
+    for k in (1, 5, 10, 20):
+        assert got[f"recall@{k}"] == pytest.approx(expected[f"recall@{k}"], abs=1e-6)
+        assert got[f"mrr@{k}"] == pytest.approx(expected[f"mrr@{k}"], abs=1e-6)

@@ -415,3 +415,16 @@ def test_large_item_tables_are_drawn_blockwise_with_the_same_law(monkeypatch, em
     assert np.all(np.abs(table) <= math.sqrt(6.0 / (n + fan)))
     assert np.all(np.any(table != 0, axis=1))  # no row left at zero
     assert len({tuple(np.round(r, 6)) for r in table}) == n  # blocks are not copies of each other
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_item_table_rows_are_rows_of_the_block_drawn_table(blocks):
+    n, h = model_lib._INIT_BLOCK_ROWS + 1000, 1
+    key = jax.random.PRNGKey(4)
+    table = np.asarray(model_lib._item_table(key, n, h, blocks))
+    for start, count in [(0, 10), (5, model_lib._INIT_BLOCK_ROWS), (n - 1500, 1500), (n - 10, 30), (n + 3, 4)]:
+        rows = np.asarray(jax.jit(lambda s: model_lib.item_table_rows(key, n, h, s, count, blocks))(start))
+        expected = np.zeros((count, blocks * h), np.float32)
+        inside = table[start:start + count]
+        expected[:len(inside)] = inside
+        np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-9)
