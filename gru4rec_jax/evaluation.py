@@ -50,9 +50,14 @@ def rank_of_target(scores: jax.Array, targets: jax.Array, mode: str) -> jax.Arra
     """Rank (1 = best) of each row's target among all columns of ``scores`` (B, n)."""
     target_score = jnp.take_along_axis(scores, targets[:, None], axis=1)
     greater = jnp.sum(scores > target_score, axis=1)
+    equal = jnp.sum(scores == target_score, axis=1)
+    return _ranks_of_counts(greater, equal, mode)
+
+
+def _ranks_of_counts(greater: jax.Array, equal: jax.Array, mode: str) -> jax.Array:
+    """The rank under tie rule ``mode`` from the (integer) counts of items scoring above and equal to the target."""
     if mode == "standard":
         return greater + 1.0
-    equal = jnp.sum(scores == target_score, axis=1)
     if mode == "conservative":
         return (greater + equal).astype(jnp.float32)
     if mode == "median":
@@ -107,20 +112,7 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block):
         totals, _ = jax.lax.scan(
             lambda acc, start: (count(acc, start, size, target_score), None), totals, starts
         )
-    greater, equal = (t.astype(jnp.float32) for t in totals)
-    if mode == "standard":
-        return greater + 1.0
-    if mode == "conservative":
-        return greater + equal
-    return greater + 0.5 * (equal - 1.0) + 1.0
-
-
-def _ranks_of_counts(greater, equal, mode):
-    if mode == "standard":
-        return greater + 1.0
-    if mode == "conservative":
-        return greater + equal
-    return greater + 0.5 * (equal - 1.0) + 1.0
+    return _ranks_of_counts(*totals, mode)
 
 
 def target_counts_sharded(output, targets, tables, n_items, item_block, mesh):
@@ -206,7 +198,7 @@ def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_blo
             else:
                 counts = target_counts_sharded(
                     output, targets, params["tables"], net.items.n_items, item_block, mesh)
-                ranks = _ranks_of_counts(*(c.astype(jnp.float32) for c in counts), mode)
+                ranks = _ranks_of_counts(*counts, mode)
             hit = (ranks[:, None] <= cutoff_array[None, :]) & scored[:, None]
             recall = jnp.sum(hit, axis=0, dtype=jnp.float32)
             mrr = jnp.sum(jnp.where(hit, 1.0 / ranks[:, None], 0.0), axis=0)
