@@ -267,14 +267,20 @@ KEEP_ROWS = [i for i in range(M_MASK) if i not in DROP_ROWS]
 KEEP_COLS = [j for j in range(M_MASK + S_MASK) if j not in DROP_COLS]
 
 
+def _where_dropping(rows, cols=()):
+    """The (M_MASK, M_MASK + S_MASK) mask that is False on the given rows and columns."""
+    where = np.ones((M_MASK, M_MASK + S_MASK), bool)
+    where[rows, :] = False
+    where[:, list(cols)] = False
+    return where
+
+
 @pytest.mark.parametrize("name,params", ONE_PER_LOSS, ids=ONE_IDS)
 def test_where_equals_physical_removal(name, params):
     """Masking rows/columns with `where` equals deleting them (guards against masks leaking)."""
     r = _scores(M_MASK, S_MASK, seed=71)
     y = _labels(M_MASK, S_MASK)
-    where = np.ones(r.shape, bool)
-    where[DROP_ROWS, :] = False
-    where[:, DROP_COLS] = False
+    where = _where_dropping(DROP_ROWS, DROP_COLS)
     loss = LOSSES[name]
     masked = np.asarray(loss(r, y, where=where, reduce_fn=None, **params))
     removed = np.asarray(loss(r[KEEP_ROWS][:, KEEP_COLS], y[KEEP_ROWS][:, KEEP_COLS], reduce_fn=None, **params))
@@ -337,9 +343,7 @@ def test_extreme_masked_scores_change_nothing(name, params, extreme):
     """Huge scores under the mask leave loss and gradients finite and unchanged (no 0*inf NaNs)."""
     r = _scores(M_MASK, S_MASK, seed=91)
     y = _labels(M_MASK, S_MASK)
-    where = np.ones(r.shape, bool)
-    where[DROP_ROWS, :] = False
-    where[:, DROP_COLS] = False
+    where = _where_dropping(DROP_ROWS, DROP_COLS)
     wild = np.where(where, r, np.float32(extreme))
     tame = np.where(where, r, np.float32(0.0))
     v_wild, g_wild = _grad(name, params, wild, y, where)
@@ -373,8 +377,7 @@ def test_reductions_and_weights(name, params):
     """sum(per-row) == reduce sum; mean is over VALID rows only; weights scale per-row losses."""
     r = _scores(M_MASK, S_MASK, seed=101)
     y = _labels(M_MASK, S_MASK)
-    where = np.ones(r.shape, bool)
-    where[DROP_ROWS, :] = False
+    where = _where_dropping(DROP_ROWS)
     loss = functools.partial(LOSSES[name], r, y, where=where, **params)
     per_row = np.asarray(loss(reduce_fn=None))
     assert per_row.shape == (M_MASK,)
@@ -422,9 +425,7 @@ def test_jit_equals_no_jit(name, params):
     """The jitted registry function equals the plain module-level function."""
     r = _scores(M_MASK, S_MASK, seed=121)
     y = _labels(M_MASK, S_MASK)
-    where = np.ones(r.shape, bool)
-    where[DROP_ROWS, :] = False
-    where[:, DROP_COLS] = False
+    where = _where_dropping(DROP_ROWS, DROP_COLS)
     for reduce_fn in (None, jnp.mean):
         jitted = LOSSES[name](r, y, where=where, reduce_fn=reduce_fn, **params)
         plain = PLAIN[name](r, y, where=where, reduce_fn=reduce_fn, **params)
