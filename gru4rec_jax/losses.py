@@ -2,7 +2,7 @@
 
 Every loss shares one keyword-only signature (the rax convention)::
 
-    loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, **loss_params)
+    loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1, **loss_params)
 
 - ``scores``: ``[..., num_candidates]`` real scores (after any final activation
   or logQ correction the caller wants; the losses apply none of their own).
@@ -17,6 +17,10 @@ Every loss shares one keyword-only signature (the rax convention)::
 - ``weights``: optional per-row weights, broadcastable to ``scores.shape[:-1]``.
 - ``reduce_fn``: ``jnp.sum``, ``jnp.mean`` (over valid rows) or ``None`` for the
   per-row losses ``[...]``; ``sum(loss(reduce_fn=None)) == loss(reduce_fn=jnp.sum)``.
+- ``axis``: the candidates' axis, last by default. "Row" above means one slice
+  along it: with ``axis=0`` a ``(num_candidates, M)`` matrix holds one row per
+  column. (GRU4Rec's training step uses that layout: on CPU its score products
+  are faster with the long candidate dimension outermost.)
 
 GRU4Rec's own layout -- a ``(M, M + S)`` score matrix whose row ``i`` has its
 target in column ``i`` -- is the special case ``labels = eye(M, M + S)``; see
@@ -26,6 +30,7 @@ reference formulas of Hidasi et al. (ICLR 2016, CIKM 2018).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Protocol
 
 import jax
@@ -62,6 +67,7 @@ class LossFn(Protocol):
         where: Optional[ArrayLike] = None,
         weights: Optional[ArrayLike] = None,
         reduce_fn: ReduceFn = jnp.mean,
+        axis: int = -1,
         **loss_params,
     ) -> jax.Array: ...
 
@@ -100,18 +106,18 @@ def _reduce(per_row, row_valid, weights, reduce_fn):
     return reduce_fn(per_row)
 
 
-def _positive_score(scores, positive):
+def _positive_score(scores, positive, axis):
     # One positive per row (pairwise losses): its score, 0 where there is none.
-    return jnp.sum(jnp.where(positive, scores, 0.0), axis=-1, keepdims=True)
+    return jnp.sum(jnp.where(positive, scores, 0.0), axis=axis, keepdims=True)
 
 
-def _softmax_over(scores, mask):
+def _softmax_over(scores, mask, axis):
     """Softmax over the masked-in candidates only; all zeros where none is."""
     masked = jnp.where(mask, scores, -jnp.inf)
-    row_max = jnp.max(masked, axis=-1, keepdims=True)
+    row_max = jnp.max(masked, axis=axis, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), jax.lax.stop_gradient(row_max), 0.0)
     exp = jnp.where(mask, jnp.exp(jnp.where(mask, scores, row_max) - row_max), 0.0)
-    total = jnp.sum(exp, axis=-1, keepdims=True)
+    total = jnp.sum(exp, axis=axis, keepdims=True)
     return exp / jnp.where(total > 0, total, 1.0)
 
 
@@ -123,48 +129,52 @@ def _softmax_over(scores, mask):
 # plain formulas and with jax.test_util.check_grads.
 
 
-@jax.custom_vjp
-def _cross_entropy_rows(scores, label_weight, valid):
-    return _cross_entropy_rows_fwd(scores, label_weight, valid)[0]
+# ``axis`` (the candidates' axis) is their first, static argument.
+_custom_vjp_over_axis = functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 
 
-def _cross_entropy_rows_fwd(scores, label_weight, valid):
-    probs = _softmax_over(scores, valid)
-    per_row = -jnp.sum(label_weight * jnp.log(probs + _LOG_EPS), axis=-1)
+@_custom_vjp_over_axis
+def _cross_entropy_rows(axis, scores, label_weight, valid):
+    return _cross_entropy_rows_fwd(axis, scores, label_weight, valid)[0]
+
+
+def _cross_entropy_rows_fwd(axis, scores, label_weight, valid):
+    probs = _softmax_over(scores, valid, axis)
+    per_row = -jnp.sum(label_weight * jnp.log(probs + _LOG_EPS), axis=axis)
     return per_row, (probs, label_weight, valid)
 
 
-def _cross_entropy_rows_bwd(residuals, g):
+def _cross_entropy_rows_bwd(axis, residuals, g):
     probs, label_weight, valid = residuals
     q = label_weight * probs / (probs + _LOG_EPS)
-    d_scores = probs * jnp.sum(q, axis=-1, keepdims=True) - q
-    return jnp.where(valid, d_scores * g[..., None], 0.0), None, None
+    d_scores = probs * jnp.sum(q, axis=axis, keepdims=True) - q
+    return jnp.where(valid, d_scores * jnp.expand_dims(g, axis), 0.0), None, None
 
 
 _cross_entropy_rows.defvjp(_cross_entropy_rows_fwd, _cross_entropy_rows_bwd)
 
 
-def _negative_weighted_terms(scores, positive, negative):
+def _negative_weighted_terms(scores, positive, negative, axis):
     """Softmax weights over the negatives, the positive score and sigmoid(r_+ - r_j)."""
-    weights_neg = _softmax_over(scores, negative)
-    target = _positive_score(scores, positive)
+    weights_neg = _softmax_over(scores, negative, axis)
+    target = _positive_score(scores, positive, axis)
     return weights_neg, target, jax.nn.sigmoid(target - scores)
 
 
-@jax.custom_vjp
-def _bpr_max_rows(scores, positive, negative, bpreg):
-    return _bpr_max_rows_fwd(scores, positive, negative, bpreg)[0]
+@_custom_vjp_over_axis
+def _bpr_max_rows(axis, scores, positive, negative, bpreg):
+    return _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg)[0]
 
 
-def _bpr_max_rows_fwd(scores, positive, negative, bpreg):
-    weights_neg, _, sig = _negative_weighted_terms(scores, positive, negative)
-    ranking = jnp.sum(weights_neg * sig, axis=-1, keepdims=True)
-    regulariser = jnp.sum(weights_neg * jnp.square(scores), axis=-1, keepdims=True)
-    per_row = -jnp.log(ranking[..., 0] + _LOG_EPS) + bpreg * regulariser[..., 0]
+def _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg):
+    weights_neg, _, sig = _negative_weighted_terms(scores, positive, negative, axis)
+    ranking = jnp.sum(weights_neg * sig, axis=axis, keepdims=True)
+    regulariser = jnp.sum(weights_neg * jnp.square(scores), axis=axis, keepdims=True)
+    per_row = -jnp.log(jnp.squeeze(ranking, axis) + _LOG_EPS) + bpreg * jnp.squeeze(regulariser, axis)
     return per_row, (scores, positive, negative, weights_neg, sig, ranking, regulariser, bpreg)
 
 
-def _bpr_max_rows_bwd(residuals, g):
+def _bpr_max_rows_bwd(axis, residuals, g):
     scores, positive, negative, w, sig, ranking, regulariser, bpreg = residuals
     inv = 1.0 / (ranking + _LOG_EPS)
     slope = w * sig * (1.0 - sig)  # d/dr_+ of w_j * sigmoid(r_+ - r_j)
@@ -172,41 +182,41 @@ def _bpr_max_rows_bwd(residuals, g):
     d_neg = -inv * (w * (sig - ranking) - slope) + bpreg * (
         w * (jnp.square(scores) - regulariser) + 2.0 * w * scores
     )
-    d_pos = -inv * jnp.sum(slope, axis=-1, keepdims=True)
-    d_scores = jnp.where(negative, d_neg, jnp.where(positive, d_pos, 0.0)) * g[..., None]
+    d_pos = -inv * jnp.sum(slope, axis=axis, keepdims=True)
+    d_scores = jnp.where(negative, d_neg, jnp.where(positive, d_pos, 0.0)) * jnp.expand_dims(g, axis)
     return d_scores, None, None, jnp.zeros_like(bpreg)
 
 
 _bpr_max_rows.defvjp(_bpr_max_rows_fwd, _bpr_max_rows_bwd)
 
 
-@jax.custom_vjp
-def _top1_max_rows(scores, positive, negative):
-    return _top1_max_rows_fwd(scores, positive, negative)[0]
+@_custom_vjp_over_axis
+def _top1_max_rows(axis, scores, positive, negative):
+    return _top1_max_rows_fwd(axis, scores, positive, negative)[0]
 
 
-def _top1_max_rows_fwd(scores, positive, negative):
-    weights_neg, target, _ = _negative_weighted_terms(scores, positive, negative)
+def _top1_max_rows_fwd(axis, scores, positive, negative):
+    weights_neg, target, _ = _negative_weighted_terms(scores, positive, negative, axis)
     above = jax.nn.sigmoid(scores - target)
     square = jax.nn.sigmoid(jnp.square(scores))
     terms = above + square
-    per_row = jnp.sum(weights_neg * terms, axis=-1, keepdims=True)
-    return per_row[..., 0], (scores, positive, negative, weights_neg, above, square, terms, per_row)
+    per_row = jnp.sum(weights_neg * terms, axis=axis, keepdims=True)
+    return jnp.squeeze(per_row, axis), (scores, positive, negative, weights_neg, above, square, terms, per_row)
 
 
-def _top1_max_rows_bwd(residuals, g):
+def _top1_max_rows_bwd(axis, residuals, g):
     scores, positive, negative, w, above, square, terms, per_row = residuals
     slope = w * above * (1.0 - above)  # d/dr_j of w_j * sigmoid(r_j - r_+), w fixed
     d_neg = w * (terms - per_row) + slope + 2.0 * scores * w * square * (1.0 - square)
-    d_pos = -jnp.sum(slope, axis=-1, keepdims=True)
-    d_scores = jnp.where(negative, d_neg, jnp.where(positive, d_pos, 0.0)) * g[..., None]
+    d_pos = -jnp.sum(slope, axis=axis, keepdims=True)
+    d_scores = jnp.where(negative, d_neg, jnp.where(positive, d_pos, 0.0)) * jnp.expand_dims(g, axis)
     return d_scores, None, None
 
 
 _top1_max_rows.defvjp(_top1_max_rows_fwd, _top1_max_rows_bwd)
 
 
-def cross_entropy_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+def cross_entropy_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1):
     r"""Softmax cross-entropy over the candidates of each row.
 
     .. math:: \ell = -\sum_j y_j \log(\mathrm{softmax}(r)_j + 10^{-24})
@@ -224,12 +234,12 @@ def cross_entropy_loss(scores, labels, *, where=None, weights=None, reduce_fn=jn
     """
     scores, positive, negative = _prepare(scores, labels, where)
     label_weight = jnp.where(positive, jnp.asarray(labels, scores.dtype), 0.0)
-    per_row = _cross_entropy_rows(scores, label_weight, positive | negative)
-    return _reduce(per_row, jnp.any(positive, axis=-1), weights, reduce_fn)
+    per_row = _cross_entropy_rows(axis, scores, label_weight, positive | negative)
+    return _reduce(per_row, jnp.any(positive, axis=axis), weights, reduce_fn)
 
 
 def bpr_max_loss(
-    scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, bpreg: float = 1.0
+    scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1, bpreg: float = 1.0
 ):
     r"""BPR-max (Hidasi & Karatzoglou, CIKM 2018), with its score regularisation.
 
@@ -247,12 +257,12 @@ def bpr_max_loss(
     0.6931
     """
     scores, positive, negative = _prepare(scores, labels, where)
-    per_row = _bpr_max_rows(scores, positive, negative, jnp.asarray(bpreg, scores.dtype))
-    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    per_row = _bpr_max_rows(axis, scores, positive, negative, jnp.asarray(bpreg, scores.dtype))
+    row_valid = jnp.any(positive, axis=axis) & jnp.any(negative, axis=axis)
     return _reduce(per_row, row_valid, weights, reduce_fn)
 
 
-def top1_max_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+def top1_max_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1):
     r"""TOP1-max (Hidasi & Karatzoglou, CIKM 2018).
 
     .. math:: \ell = \sum_j s_j\,\big(\sigma(r_j - r_+) + \sigma(r_j^2)\big)
@@ -265,12 +275,12 @@ def top1_max_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mea
     1.0
     """
     scores, positive, negative = _prepare(scores, labels, where)
-    per_row = _top1_max_rows(scores, positive, negative)
-    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    per_row = _top1_max_rows(axis, scores, positive, negative)
+    row_valid = jnp.any(positive, axis=axis) & jnp.any(negative, axis=axis)
     return _reduce(per_row, row_valid, weights, reduce_fn)
 
 
-def top1_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+def top1_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1):
     r"""TOP1 of the original GRU4Rec (Hidasi et al., ICLR 2016), per row.
 
     .. math:: \ell = \frac{1}{N}\sum_{j}\big(\sigma(r_j - r_+) + \sigma(r_j^2)\big)
@@ -285,18 +295,18 @@ def top1_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
     """
     scores, positive, negative = _prepare(scores, labels, where)
     valid = positive | negative
-    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(scores.dtype)
-    target = _positive_score(scores, positive)
+    count = jnp.maximum(jnp.sum(valid, axis=axis), 1).astype(scores.dtype)
+    target = _positive_score(scores, positive, axis)
     terms = jax.nn.sigmoid(scores - target) + jax.nn.sigmoid(jnp.square(scores))
     per_row = (
-        jnp.sum(jnp.where(valid, terms, 0.0), axis=-1)
-        - jax.nn.sigmoid(jnp.square(target[..., 0]))
+        jnp.sum(jnp.where(valid, terms, 0.0), axis=axis)
+        - jax.nn.sigmoid(jnp.square(jnp.squeeze(target, axis)))
     ) / count
-    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    row_valid = jnp.any(positive, axis=axis) & jnp.any(negative, axis=axis)
     return _reduce(per_row, row_valid, weights, reduce_fn)
 
 
-def bpr_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
+def bpr_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1):
     r"""BPR of the original GRU4Rec (Hidasi et al., ICLR 2016), per row.
 
     .. math:: \ell = -\sum_j \log \sigma(r_+ - r_j)
@@ -310,19 +320,19 @@ def bpr_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean):
     """
     scores, positive, negative = _prepare(scores, labels, where)
     valid = positive | negative
-    target = _positive_score(scores, positive)
-    per_row = -jnp.sum(jnp.where(valid, jax.nn.log_sigmoid(target - scores), 0.0), axis=-1)
-    row_valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
+    target = _positive_score(scores, positive, axis)
+    per_row = -jnp.sum(jnp.where(valid, jax.nn.log_sigmoid(target - scores), 0.0), axis=axis)
+    row_valid = jnp.any(positive, axis=axis) & jnp.any(negative, axis=axis)
     return _reduce(per_row, row_valid, weights, reduce_fn)
 
 
 # The CLI picks losses by these names (the reference implementation's names).
 LOSSES: dict[str, LossFn] = {
-    "cross-entropy": jax.jit(cross_entropy_loss, static_argnames=("reduce_fn",)),
-    "bpr-max": jax.jit(bpr_max_loss, static_argnames=("reduce_fn",)),
-    "top1-max": jax.jit(top1_max_loss, static_argnames=("reduce_fn",)),
-    "top1": jax.jit(top1_loss, static_argnames=("reduce_fn",)),
-    "bpr": jax.jit(bpr_loss, static_argnames=("reduce_fn",)),
+    "cross-entropy": jax.jit(cross_entropy_loss, static_argnames=("reduce_fn", "axis")),
+    "bpr-max": jax.jit(bpr_max_loss, static_argnames=("reduce_fn", "axis")),
+    "top1-max": jax.jit(top1_max_loss, static_argnames=("reduce_fn", "axis")),
+    "top1": jax.jit(top1_loss, static_argnames=("reduce_fn", "axis")),
+    "bpr": jax.jit(bpr_loss, static_argnames=("reduce_fn", "axis")),
 }
 
 

@@ -139,6 +139,33 @@ def test_matches_numpy_reference(name, params, m, s):
     np.testing.assert_allclose(float(got), want, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_candidates_on_axis_0_match_numpy_reference(name, params):
+    """axis=0 (the training step's transposed layout): per-row values equal the reference on the
+    un-transposed matrix, masked rows and columns included; gradients are the transposed ones."""
+    m, s = 5, 9
+    r = _scores(m, s, seed=31)
+    where = np.ones(r.shape, bool)
+    where[1, :] = False  # a whole row out
+    where[:, m + 2] = False  # one sample column out
+    loss = PLAIN[name]
+    per_row = np.asarray(loss(r.T, _labels(m, s).T, where=where.T, reduce_fn=None, axis=0, **params))
+    # Removing a sample column keeps every row's target at column i for the reference.
+    want = REFERENCES[name](np.delete(_as64(r), m + 2, axis=1), **params)
+    kept = [i for i in range(m) if i != 1]
+    np.testing.assert_allclose(per_row[kept], want[kept], rtol=RTOL, atol=ATOL)
+    assert per_row[1] == 0.0
+
+    def total(x, axis):
+        y, w = (_labels(m, s), where) if axis == -1 else (_labels(m, s).T, where.T)
+        return loss(x, y, where=w, reduce_fn=jnp.sum, axis=axis, **params)
+
+    g_rows = np.asarray(jax.grad(total)(jnp.asarray(r), -1))
+    g_cols = np.asarray(jax.grad(total)(jnp.asarray(r.T), 0))
+    np.testing.assert_allclose(g_cols.T, g_rows, rtol=RTOL, atol=1e-7)
+    assert np.any(g_rows != 0.0)
+
+
 @pytest.mark.parametrize("name,params", ONE_PER_LOSS, ids=ONE_IDS)
 def test_gru4rec_labels_helper_is_the_eye_layout(name, params):
     """gru4rec_labels(M, M+S) is eye(M, M+S) and gives the same loss as float labels."""
