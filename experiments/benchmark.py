@@ -104,8 +104,8 @@ def run_one(config_name: str, n_items: int) -> dict:
 
     t0 = time.perf_counter()
     chunk_of = lambda c: jax.tree.map(lambda a: a[c], chunks)  # noqa: E731
-    compiled = training.make_train_chunk(model_config, config).lower(
-        state, hidden, chunk_of(0), run_key, sampler, log_support).compile()
+    compiled = training.compile_train_chunk(
+        training.make_train_chunk(model_config, config), state, hidden, chunk_of(0), run_key, sampler, log_support)
     compile_seconds = time.perf_counter() - t0
 
     times, events, n_steps = [], [], []

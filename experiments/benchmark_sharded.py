@@ -108,8 +108,9 @@ def run() -> dict:
     hidden = [sharding.put(np.zeros((batch_size, h), np.float32), sharding.lane_sharding(mesh, 2, 0))]
     chunk_of = lambda c: {k: sharding.put(a[c], lanes) for k, a in host_chunks.items()}  # noqa: E731
     t0 = time.perf_counter()
-    train_chunk = training.make_train_chunk(model_config, config, mesh).lower(
-        state, hidden, chunk_of(0), run_key, sampler, log_support).compile()
+    train_chunk = training.compile_train_chunk(
+        training.make_train_chunk(model_config, config, mesh), state, hidden, chunk_of(0), run_key, sampler,
+        log_support, mesh=mesh)
     report["compile_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     losses, events = [], 0

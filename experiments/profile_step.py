@@ -65,8 +65,8 @@ def main(argv):
     key = jax.random.PRNGKey(0)
     state = training.init_train_state(jax.random.PRNGKey(1), model_config)
     hidden = model.zero_hidden(model_config, batch_size)
-    train_chunk = training.make_train_chunk(model_config, config).lower(
-        state, hidden, chunk, key, sampler, log_support).compile()
+    train_chunk = training.compile_train_chunk(
+        training.make_train_chunk(model_config, config), state, hidden, chunk, key, sampler, log_support)
     source = _source_of_instructions(train_chunk.as_text())
     state, hidden, stats = train_chunk(state, hidden, chunk, key, sampler, log_support)  # warm up
     jax.block_until_ready(stats)

@@ -30,6 +30,7 @@ __all__ = [
     "adagrad_momentum",
     "sparse_adagrad_momentum_update",
     "sum_duplicate_rows",
+    "dedup_workspace",
 ]
 
 EPS = 1e-6
@@ -67,30 +68,47 @@ def adagrad_momentum(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def sum_duplicate_rows(indices: jax.Array, row_grads: jax.Array, num_rows: int):
+_NO_POSITION = jnp.iinfo(jnp.int32).max
+
+
+def dedup_workspace(num_rows: int) -> jax.Array:
+    """The reusable workspace of :func:`sum_duplicate_rows` for a table of ``num_rows`` rows."""
+    return jnp.full((num_rows + 1,), _NO_POSITION, jnp.int32)
+
+
+def sum_duplicate_rows(indices: jax.Array, row_grads: jax.Array, num_rows: int, *, workspace=None):
     """Sums the gradient rows that share an index, with static shapes and no sort.
 
     Args:
       indices: (K,) int row indices; values outside ``[0, num_rows)`` mean "no row".
       row_grads: (K, ...) gradients of the gathered rows.
       num_rows: table size (the "no row" marker is mapped to this value).
+      workspace: optionally :func:`dedup_workspace` ``(num_rows)``, carried
+        from call to call (e.g. through a ``lax.scan``) instead of filling a
+        fresh index-sized vector every call; the only cost left that grows
+        with ``num_rows`` then goes.
     Returns ``(unique_indices, summed)``, both with leading size K: every
     index keeps the position of its first occurrence, where ``summed`` holds
     the sum of its gradients; the other positions hold ``num_rows`` (dropped
-    by scatters).
+    by scatters). With a ``workspace``, ``(unique_indices, summed, workspace)``:
+    the workspace restored for the next call.
     """
     k = indices.shape[0]
     position = jnp.arange(k, dtype=jnp.int32)
     valid = (indices >= 0) & (indices < num_rows)
     safe = jnp.where(valid, indices, num_rows)
     # First position of every index via a scatter-min into an index-sized
-    # int32 vector: much cheaper than sorting the K indices (one memset of
-    # 4 bytes per item; the work on the gradients stays O(K)).
-    first = jnp.full((num_rows + 1,), k, jnp.int32).at[safe].min(position)
+    # int32 vector: much cheaper than sorting the K indices (the work on the
+    # gradients stays O(K)). Only the K entries written here are reset after.
+    given = workspace is not None
+    workspace = workspace if given else dedup_workspace(num_rows)
+    first = workspace.at[safe].min(position)
     representative = first[safe]
     summed = jnp.zeros_like(row_grads).at[representative].add(row_grads)
     unique = jnp.where(valid & (representative == position), safe, num_rows)
-    return unique, summed
+    if not given:
+        return unique, summed
+    return unique, summed, first.at[safe].set(_NO_POSITION)
 
 
 def sparse_adagrad_momentum_update(
@@ -99,11 +117,13 @@ def sparse_adagrad_momentum_update(
     velocity: jax.Array,
     indices: jax.Array,
     row_grads: jax.Array,
+    current_rows=None,
     *,
     learning_rate: float,
     momentum: float = 0.0,
     eps: float = EPS,
     strategy: str = "auto",
+    workspace=None,
 ):
     """Row-sparse Adagrad-momentum step on an item table.
 
@@ -113,13 +133,22 @@ def sparse_adagrad_momentum_update(
         Or a tuple of such arrays (e.g. input rows and output rows), which
         saves concatenating their gradients.
       row_grads: (K, ...) gradient of each gathered row; a tuple if indices is.
+      current_rows: optionally ``table[indices]`` (a tuple if indices is), the
+        rows the caller gathered for its forward pass. The ``"rows"`` strategy
+        then adds the step to them instead of gathering them again: one pass
+        of random reads fewer over a table that can be far larger than the
+        cache. (Indices marked "none" may have any row here.)
       strategy: how to compute the same result. ``"rows"`` works on the K
-        touched rows only (deduplicate, gather, scatter): O(K),
-        independent of n but for one memset of n int32. ``"masked"`` scatters the gradient into a table-sized
-        buffer and updates under a touched-row mask: O(n), but it replaces
-        several slow scatters by one, so it is faster while n is within a few
-        times K. ``"auto"`` picks by that rule. Both give the same values.
-    Returns the new ``(table, accumulator, velocity)``; only touched rows differ.
+        touched rows only (deduplicate, gather, scatter): O(K), independent
+        of n but for one fill of n int32 unless a ``workspace`` is carried.
+        ``"masked"`` scatters the gradient into a table-sized buffer and
+        updates under a touched-row mask: O(n), but it replaces several slow
+        scatters by one, so it is faster while n is within a few times K.
+        ``"auto"`` picks by that rule. Both give the same values.
+      workspace: optionally the carried workspace of :func:`sum_duplicate_rows`
+        (used by the ``"rows"`` strategy, passed through by ``"masked"``).
+    Returns the new ``(table, accumulator, velocity)``; only touched rows
+    differ. With a ``workspace``, ``(table, accumulator, velocity, workspace)``.
     """
     n = table.shape[0]
     if not isinstance(indices, (tuple, list)):
@@ -128,20 +157,29 @@ def sparse_adagrad_momentum_update(
     if strategy == "auto":
         strategy = "masked" if n <= _MASKED_MAX_RATIO * n_touched else "rows"
     if strategy == "masked":
-        return _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps)
+        updated = _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps)
+        return updated if workspace is None else (*updated, workspace)
     if strategy != "rows":
         raise ValueError(f"strategy must be auto, rows or masked, got {strategy!r}")
-    rows, grads = sum_duplicate_rows(jnp.concatenate(indices), jnp.concatenate(row_grads), n)
+    deduplicated = sum_duplicate_rows(jnp.concatenate(indices), jnp.concatenate(row_grads), n, workspace=workspace)
+    rows, grads = deduplicated[:2]
     acc_rows = accumulator.at[rows].get(mode="fill", fill_value=0) + jnp.square(grads)
     vel_rows = momentum * velocity.at[rows].get(mode="fill", fill_value=0) - (
         learning_rate * grads / jnp.sqrt(acc_rows + eps)
     )
-    new_rows = table.at[rows].get(mode="fill", fill_value=0) + vel_rows
-    return (
+    if current_rows is None:
+        old_rows = table.at[rows].get(mode="fill", fill_value=0)
+    else:
+        # Every kept position of ``rows`` holds its own index (the first
+        # occurrence), so the caller's row at that position is the table's.
+        old_rows = jnp.concatenate(current_rows if isinstance(current_rows, (tuple, list)) else (current_rows,))
+    new_rows = old_rows + vel_rows
+    updated = (
         table.at[rows].set(new_rows, mode="drop"),
         accumulator.at[rows].set(acc_rows, mode="drop"),
         velocity.at[rows].set(vel_rows, mode="drop"),
     )
+    return updated if workspace is None else (*updated, deduplicated[2])
 
 
 # "auto" uses the masked form up to this many table rows per touched index

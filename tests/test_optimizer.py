@@ -160,12 +160,15 @@ def _random_case(rng, n, row_shape, k):
     return indices, grads
 
 
+@pytest.mark.parametrize("variant", ["plain", "current_rows", "workspace"])
 @pytest.mark.parametrize("strategy", ["rows", "masked", "auto"])
 @pytest.mark.parametrize("row_shape", [(3,), ()], ids=["2d", "1d"])
 @pytest.mark.parametrize("n", [7, 40], ids=["n_small", "n_large"])  # auto: masked for 7 <= 4K, rows for 40
-def test_sparse_update_matches_dense_reference_over_steps(strategy, row_shape, n):
+def test_sparse_update_matches_dense_reference_over_steps(strategy, row_shape, n, variant):
     """Guards the row-sparse rule over several steps: sum duplicates then square, only touched rows
-    (parameter, acc, v) change, untouched rows keep stale velocity (no decay), indices >= n ignored."""
+    (parameter, acc, v) change, untouched rows keep stale velocity (no decay), indices >= n ignored.
+    Also with the caller's gathered rows passed in (garbage where the index is "no row") and with a
+    deduplication workspace carried from step to step (it must come back restored)."""
     rng = np.random.default_rng(n + len(row_shape))
     k, lr, mu = 6, 0.1, 0.7
     table = rng.normal(size=(n,) + row_shape).astype(np.float32)
@@ -173,13 +176,22 @@ def test_sparse_update_matches_dense_reference_over_steps(strategy, row_shape, n
     vel = np.zeros_like(table)
     ref = tuple(a.astype(np.float64) for a in (table, acc, vel))
     state = tuple(jnp.asarray(a) for a in (table, acc, vel))
+    workspace = opt_lib.dedup_workspace(n)
     for step in range(6):
         indices, grads = _random_case(rng, n, row_shape, k)
         if step == 0:
             indices[-1] = n + 100  # far out of range too
         before = tuple(np.asarray(a) for a in state)
-        state = _update(*state, jnp.asarray(indices), jnp.asarray(grads),
-                        learning_rate=lr, momentum=mu, strategy=strategy)
+        extra = {}
+        if variant == "current_rows":
+            rows = np.asarray(state[0])[np.minimum(indices, n - 1)]
+            extra["current_rows"] = jnp.asarray(np.where(
+                (indices < n).reshape((k,) + (1,) * len(row_shape)), rows, np.float32(1e6)))
+        if variant == "workspace":
+            extra["workspace"] = workspace
+        out = _update(*state, jnp.asarray(indices), jnp.asarray(grads),
+                      learning_rate=lr, momentum=mu, strategy=strategy, **extra)
+        state, workspace = (out[:3], out[3]) if variant == "workspace" else (out, workspace)
         ref = _np_sparse_step(*ref, indices, grads.astype(np.float64), lr, mu)
         for name, got, want in zip(("table", "acc", "vel"), state, ref):
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6,
@@ -191,6 +203,7 @@ def test_sparse_update_matches_dense_reference_over_steps(strategy, row_shape, n
                                           err_msg=f"{name} step {step}")
     # The test exercised stale momentum: some untouched row carries a nonzero velocity.
     assert np.any(np.asarray(state[2]) != 0)
+    np.testing.assert_array_equal(np.asarray(workspace), np.asarray(opt_lib.dedup_workspace(n)))
 
 
 def test_sparse_update_duplicates_summed_before_squaring():
@@ -258,3 +271,25 @@ def test_sparse_update_cost_independent_of_table_size_under_rows():
     # Only the three scatters produce (n, 4) values; nothing else computes a full-table array.
     big = [e for e in jaxpr.eqns for v in e.outvars if getattr(v.aval, "shape", ()) and v.aval.shape[0] == n]
     assert all(e.primitive.name == "scatter" for e in big), [e.primitive.name for e in big]
+
+
+def test_sum_duplicate_rows_with_a_workspace_fills_nothing_item_sized():
+    """Guards the carried workspace: same result as without, and no (n + 1)-sized fill is built
+    (the one cost of "rows" that grows with the catalogue); the workspace comes back restored."""
+    n, k = 1000, 8
+    indices = jnp.array([3, 999, 3, 1000, 7, 7, 7, 0], jnp.int32)
+    grads = jnp.arange(k * 2, dtype=jnp.float32).reshape(k, 2)
+    plain = opt_lib.sum_duplicate_rows(indices, grads, n)
+    unique, summed, workspace = opt_lib.sum_duplicate_rows(indices, grads, n, workspace=opt_lib.dedup_workspace(n))
+    np.testing.assert_array_equal(np.asarray(unique), np.asarray(plain[0]))
+    np.testing.assert_array_equal(np.asarray(summed), np.asarray(plain[1]))
+    np.testing.assert_array_equal(np.asarray(workspace), np.asarray(opt_lib.dedup_workspace(n)))
+
+    def item_sized_fills(jaxpr):
+        return [e for e in jaxpr.eqns if e.primitive.name == "broadcast_in_dim" and e.outvars[0].aval.shape == (n + 1,)]
+
+    with_workspace = jax.make_jaxpr(lambda i, g, w: opt_lib.sum_duplicate_rows(i, g, n, workspace=w))(
+        indices, grads, opt_lib.dedup_workspace(n))
+    without = jax.make_jaxpr(lambda i, g: opt_lib.sum_duplicate_rows(i, g, n))(indices, grads)
+    assert not item_sized_fills(with_workspace)
+    assert item_sized_fills(without)  # the detection works: the plain call does fill one

@@ -73,8 +73,9 @@ def _dense_reference_step(params, inputs, targets, active, batch_size, lr, mu):
     return out, touched
 
 
+@pytest.mark.parametrize("table_update", ["rows", "masked"])
 @pytest.mark.parametrize("active", [[True] * 5, [True, False, True, True, False]])
-def test_one_step_equals_dense_reference(active):
+def test_one_step_equals_dense_reference(active, table_update):
     """Sparse row gradients + row-sparse Adagrad == dense gradients applied on touched rows.
 
     Inputs and targets repeat items (duplicate rows are summed before squaring),
@@ -83,7 +84,7 @@ def test_one_step_equals_dense_reference(active):
     n, b = 12, 5
     model_config = model.ModelConfig(n_items=n, layers=(6,))
     config = training.TrainConfig(batch_size=b, n_sample=0, learning_rate=0.1, momentum=0.3,
-                                  dropout_p_hidden=0.0, loss="cross-entropy")
+                                  dropout_p_hidden=0.0, loss="cross-entropy", table_update=table_update)
     state = training.init_train_state(jax.random.PRNGKey(1), model_config)
     params0 = jax.tree.map(np.asarray, state.params)
     inputs, targets = [3, 3, 7, 1, 9], [7, 2, 7, 3, 10]
@@ -136,6 +137,42 @@ def test_chunk_length_does_not_change_training():
         assert stats.loss == pytest.approx(results[0][1].loss, rel=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                      state.params, results[0][0].params)
+
+
+def test_table_update_strategies_train_alike():
+    """The "rows" update (deduplication workspace carried over the steps of a chunk, rows reused
+    from the forward gather) and the "masked" one give the same epoch, with samples and momentum."""
+    sessions, n = _toy_sessions(seed=3)
+    model_config = model.ModelConfig(n_items=n, layers=(8,))
+    runs = {}
+    for table_update in ("rows", "masked"):
+        config = training.TrainConfig(batch_size=4, n_sample=6, n_epochs=1, momentum=0.4, chunk_steps=50,
+                                      table_update=table_update, loss="bpr-max", dropout_p_embed=0.2)
+        runs[table_update] = training.fit(sessions, model_config, config, log=lambda s: None)
+    (rows_state, rows_history), (masked_state, masked_history) = runs["rows"], runs["masked"]
+    assert rows_history[0].n_steps > 50  # several chunks: the workspace is rebuilt per chunk
+    assert rows_history[0].loss == pytest.approx(masked_history[0].loss, rel=1e-5)
+    for name in ("params", "table_acc", "table_vel"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                     getattr(rows_state, name), getattr(masked_state, name))
+
+
+def test_compile_falls_back_when_xla_lacks_the_cpu_options(monkeypatch):
+    """The CPU compiler options are experimental XLA names: a build without them still compiles
+    the chunk, which computes the same step."""
+    model_config = model.ModelConfig(n_items=8, layers=(4,))
+    config = training.TrainConfig(batch_size=3, n_sample=4)
+    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
+    args = (model.zero_hidden(model_config, 3), _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3),
+            jax.random.PRNGKey(9), sampling.alias_table(np.ones(8), 0.5), jnp.zeros((8,)))
+    chunk_fn = training.make_train_chunk(model_config, config)
+
+    def loss_of(compiled):  # state and hidden are donated: pass copies
+        return float(compiled(*jax.tree.map(jnp.copy, (state, args[0])), *args[1:])[2][0])
+
+    expected = loss_of(training.compile_train_chunk(chunk_fn, state, *args))
+    monkeypatch.setattr(training, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_in_any_build": "1"})
+    assert loss_of(training.compile_train_chunk(chunk_fn, state, *args)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_epoch_consumes_every_event():
