@@ -14,7 +14,8 @@ Every loss shares one keyword-only signature (the rax convention)::
 - ``where``: optional boolean ``[..., num_candidates]``; False removes a candidate
   entirely (it is neither positive nor negative). A row with no valid positive, or
   (pairwise losses) no valid negative, contributes 0 loss and 0 gradient.
-- ``weights``: optional per-row weights, broadcastable to ``scores.shape[:-1]``.
+- ``weights``: optional per-row weights, broadcastable to the shape of ``scores``
+  without its candidates' axis.
 - ``reduce_fn``: ``jnp.sum``, ``jnp.mean`` (over valid rows) or ``None`` for the
   per-row losses ``[...]``; ``sum(loss(reduce_fn=None)) == loss(reduce_fn=jnp.sum)``.
 - ``axis``: the candidates' axis, last by default. "Row" above means one slice
