@@ -84,7 +84,7 @@ CIKM2018 = Table(
     cutoff=20,
     rows=(
         _KNN,
-        _gru("original", "original GRU4Rec (TOP1, no samples)", "iclr2016_rsc15_top1_100", (0.5853, 0.2305)),
+        _gru("original", "original GRU4Rec (TOP1, no samples)", *_TOP1_100[2:]),
         _gru("top1", "TOP1 + samples", "cikm2018_rsc15_top1", (0.6141, 0.2261)),
         _gru("xe", "cross-entropy + samples", "cikm2018_rsc15_xe", (0.7208, 0.3137)),
         _gru("top1max", "TOP1-max + samples", "cikm2018_rsc15_top1max", (0.7086, 0.3047)),

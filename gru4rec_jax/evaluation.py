@@ -258,8 +258,7 @@ def evaluate(
     if mode not in EVAL_MODES:
         raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
     if item_block is None:
-        device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
-        item_block = CPU_ITEM_BLOCK if device.platform == "cpu" else ACCELERATOR_ITEM_BLOCK
+        item_block = CPU_ITEM_BLOCK if sharding_lib.platform(mesh) == "cpu" else ACCELERATOR_ITEM_BLOCK
     cutoffs = tuple(int(c) for c in cutoffs)
     if not cutoffs or min(cutoffs) < 1:
         raise ValueError(f"cut-offs must be positive integers, got {cutoffs}")

@@ -153,6 +153,7 @@ def sparse_adagrad_momentum_update(
     n = table.shape[0]
     if not isinstance(indices, (tuple, list)):
         indices, row_grads = (indices,), (row_grads,)
+        current_rows = None if current_rows is None else (current_rows,)
     n_touched = sum(i.shape[0] for i in indices)
     if strategy == "auto":
         strategy = "masked" if n <= _MASKED_MAX_RATIO * n_touched else "rows"
@@ -161,8 +162,9 @@ def sparse_adagrad_momentum_update(
         return updated if workspace is None else (*updated, workspace)
     if strategy != "rows":
         raise ValueError(f"strategy must be auto, rows or masked, got {strategy!r}")
-    deduplicated = sum_duplicate_rows(jnp.concatenate(indices), jnp.concatenate(row_grads), n, workspace=workspace)
-    rows, grads = deduplicated[:2]
+    rows, grads, new_workspace = sum_duplicate_rows(
+        jnp.concatenate(indices), jnp.concatenate(row_grads), n,
+        workspace=dedup_workspace(n) if workspace is None else workspace)
     acc_rows = accumulator.at[rows].get(mode="fill", fill_value=0) + jnp.square(grads)
     vel_rows = momentum * velocity.at[rows].get(mode="fill", fill_value=0) - (
         learning_rate * grads / jnp.sqrt(acc_rows + eps)
@@ -172,14 +174,14 @@ def sparse_adagrad_momentum_update(
     else:
         # Every kept position of ``rows`` holds its own index (the first
         # occurrence), so the caller's row at that position is the table's.
-        old_rows = jnp.concatenate(current_rows if isinstance(current_rows, (tuple, list)) else (current_rows,))
+        old_rows = jnp.concatenate(current_rows)
     new_rows = old_rows + vel_rows
     updated = (
         table.at[rows].set(new_rows, mode="drop"),
         accumulator.at[rows].set(acc_rows, mode="drop"),
         velocity.at[rows].set(vel_rows, mode="drop"),
     )
-    return updated if workspace is None else (*updated, deduplicated[2])
+    return updated if workspace is None else (*updated, new_workspace)
 
 
 # "auto" uses the masked form up to this many table rows per touched index

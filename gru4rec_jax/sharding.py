@@ -45,6 +45,7 @@ __all__ = [
     "parse_mesh",
     "make_mesh",
     "check_batch_size",
+    "platform",
     "padded_rows",
     "replicated",
     "lane_sharding",
@@ -120,6 +121,11 @@ def make_mesh(spec: MeshSpec, devices: Optional[Sequence[jax.Device]] = None) ->
         )
     grid = np.asarray(devices, dtype=object).reshape(spec.data, spec.items)
     return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def platform(mesh: Optional[Mesh]) -> str:
+    """The platform ("cpu", "gpu", "tpu") of ``mesh``'s devices, or of the default device without one."""
+    return (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
 
 
 def check_batch_size(mesh: Mesh, batch_size: int, what: str = "batch_size") -> None:

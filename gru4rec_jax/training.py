@@ -337,8 +337,7 @@ def compile_train_chunk(train_chunk, *args, mesh: Optional[Mesh] = None):
     know them (their names are experimental) compiles without them.
     """
     lowered = train_chunk.lower(*args)
-    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
-    if device.platform != "cpu":
+    if sharding_lib.platform(mesh) != "cpu":
         return lowered.compile()
     try:
         return lowered.compile(_CPU_COMPILER_OPTIONS)
