@@ -285,21 +285,21 @@ def gather_rows(table: jax.Array, indices: jax.Array, mesh: Optional[Mesh]) -> j
 
 
 def sparse_update(
-    mesh: Optional[Mesh], update: Callable, table, accumulator, velocity, indices, row_grads, current_rows=None
+    mesh: Optional[Mesh], update: Callable, table, accumulator, velocity, indices, row_grads
 ):
-    """``update(table, accumulator, velocity, indices, row_grads, current_rows)`` (the row-sparse
+    """``update(table, accumulator, velocity, indices, row_grads)`` (the row-sparse
     optimizer step) on a table sharded by rows over ``items``.
 
-    Indices, gradients and current rows are replicated; each shard applies the
+    Indices and gradients are replicated; each shard applies the
     step to the rows it owns (indices shifted to its local rows, all others
     marked "no row"), so every row gets exactly the single-device update.
     """
     if mesh is None:
-        return update(table, accumulator, velocity, indices, row_grads, current_rows)
+        return update(table, accumulator, velocity, indices, row_grads)
     multi = isinstance(indices, (tuple, list))
     spec = P("items", *([None] * (table.ndim - 1)))
 
-    def local(table, accumulator, velocity, indices, row_grads, current_rows):
+    def local(table, accumulator, velocity, indices, row_grads):
         n_local = table.shape[0]
         start = _shard_offset(n_local)
 
@@ -308,11 +308,11 @@ def sparse_update(
             return jnp.where((offset >= 0) & (offset < n_local), offset, n_local)
 
         local_indices = tuple(map(to_local, indices)) if multi else to_local(indices)
-        return update(table, accumulator, velocity, local_indices, row_grads, current_rows)
+        return update(table, accumulator, velocity, local_indices, row_grads)
 
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, spec, spec, P(), P(), P()), out_specs=(spec, spec, spec)
-    )(table, accumulator, velocity, indices, row_grads, current_rows)
+        local, mesh=mesh, in_specs=(spec, spec, spec, P(), P()), out_specs=(spec, spec, spec)
+    )(table, accumulator, velocity, indices, row_grads)
 
 
 def sharded_sparse_adagrad(mesh: Optional[Mesh], **optimizer_args) -> Callable:

@@ -246,17 +246,17 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
         n_items = tables["Wy"].shape[0]
         input_index = jnp.where(active, inputs, n_items)
         output_index = jnp.where(column_valid, columns, n_items)
-        # name -> (indices, their gradients, their rows as gathered above)
-        touched = {"By": (output_index, g_bias, output_bias)}
+        # name -> (indices, their gradients)
+        touched = {"By": (output_index, g_bias)}
         if input_table == "Wy":
-            touched["Wy"] = ((input_index, output_index), (g_input, g_output), (input_rows, output_rows))
+            touched["Wy"] = ((input_index, output_index), (g_input, g_output))
         else:
-            touched["Wy"] = (output_index, g_output, output_rows)
-            touched[input_table] = (input_index, g_input, input_rows)
+            touched["Wy"] = (output_index, g_output)
+            touched[input_table] = (input_index, g_input)
         new_tables, new_acc, new_vel = dict(tables), dict(state.table_acc), dict(state.table_vel)
-        for name, (index, row_grads, rows) in touched.items():
+        for name, (index, row_grads) in touched.items():
             with jax.named_scope(f"table_update_{name}"):
-                args = (tables[name], state.table_acc[name], state.table_vel[name], index, row_grads, rows)
+                args = (tables[name], state.table_acc[name], state.table_vel[name], index, row_grads)
                 if workspace is None:
                     new_tables[name], new_acc[name], new_vel[name] = sparse_update(*args)
                 else:

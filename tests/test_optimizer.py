@@ -115,6 +115,10 @@ def test_sum_duplicate_rows_unique_indices_summed_gradients_and_filler():
     want = {0: g[4], 1: g[1] + g[5], 4: g[0] + g[2] + g[6]}
     for u, s in zip(unique[valid], summed[valid]):
         np.testing.assert_allclose(s, want[int(u)], rtol=1e-6)
+    # The same indices and gradients given as two parts (duplicates across the parts): same result.
+    parts = opt_lib.sum_duplicate_rows((indices[:3], indices[3:]), (grads[:3], grads[3:]), n)
+    np.testing.assert_array_equal(np.asarray(parts[0]), unique)
+    np.testing.assert_array_equal(np.asarray(parts[1]), summed)
 
 
 def test_sum_duplicate_rows_no_duplicates_and_all_invalid():
@@ -160,15 +164,15 @@ def _random_case(rng, n, row_shape, k):
     return indices, grads
 
 
-@pytest.mark.parametrize("variant", ["plain", "current_rows", "workspace"])
+@pytest.mark.parametrize("variant", ["plain", "parts", "workspace"])
 @pytest.mark.parametrize("strategy", ["rows", "masked", "auto"])
 @pytest.mark.parametrize("row_shape", [(3,), ()], ids=["2d", "1d"])
 @pytest.mark.parametrize("n", [7, 40], ids=["n_small", "n_large"])  # auto: masked for 7 <= 4K, rows for 40
 def test_sparse_update_matches_dense_reference_over_steps(strategy, row_shape, n, variant):
     """Guards the row-sparse rule over several steps: sum duplicates then square, only touched rows
     (parameter, acc, v) change, untouched rows keep stale velocity (no decay), indices >= n ignored.
-    Also with the caller's gathered rows passed in (garbage where the index is "no row") and with a
-    deduplication workspace carried from step to step (it must come back restored)."""
+    Also with the indices and gradients in two parts (as training passes input and output rows) and
+    with a deduplication workspace carried from step to step (it must come back restored)."""
     rng = np.random.default_rng(n + len(row_shape))
     k, lr, mu = 6, 0.1, 0.7
     table = rng.normal(size=(n,) + row_shape).astype(np.float32)
@@ -183,14 +187,12 @@ def test_sparse_update_matches_dense_reference_over_steps(strategy, row_shape, n
             indices[-1] = n + 100  # far out of range too
         before = tuple(np.asarray(a) for a in state)
         extra = {}
-        if variant == "current_rows":
-            rows = np.asarray(state[0])[np.minimum(indices, n - 1)]
-            extra["current_rows"] = jnp.asarray(np.where(
-                (indices < n).reshape((k,) + (1,) * len(row_shape)), rows, np.float32(1e6)))
         if variant == "workspace":
             extra["workspace"] = workspace
-        out = _update(*state, jnp.asarray(indices), jnp.asarray(grads),
-                      learning_rate=lr, momentum=mu, strategy=strategy, **extra)
+        given = (jnp.asarray(indices), jnp.asarray(grads))
+        if variant == "parts":
+            given = tuple((a[:2], a[2:]) for a in given)
+        out = _update(*state, *given, learning_rate=lr, momentum=mu, strategy=strategy, **extra)
         state, workspace = (out[:3], out[3]) if variant == "workspace" else (out, workspace)
         ref = _np_sparse_step(*ref, indices, grads.astype(np.float64), lr, mu)
         for name, got, want in zip(("table", "acc", "vel"), state, ref):
