@@ -28,6 +28,7 @@ import optax
 __all__ = [
     "AdagradMomentumState",
     "adagrad_momentum",
+    "adagrad_momentum_step",
     "sparse_adagrad_momentum_update",
     "sum_duplicate_rows",
     "dedup_workspace",
@@ -66,6 +67,35 @@ def adagrad_momentum(
         return velocity, AdagradMomentumState(accumulator=acc, velocity=velocity)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adagrad_momentum_step(
+    params, state: AdagradMomentumState, grads, *, learning_rate: float, momentum: float = 0.0,
+    eps: float = EPS, apply=True,
+):
+    """The step of :func:`adagrad_momentum` applied to ``params`` in one call.
+
+    Returns ``(new_params, new_state)``, the same values as the optax
+    transformation followed by ``optax.apply_updates``; where the boolean
+    ``apply`` is false, both come back unchanged (a padding step of the
+    training loop, whose zero gradients would still move the velocity). It
+    may also be an array that broadcasts against every leaf (a row mask).
+
+    Inside a ``lax.scan`` whose carry holds ``params`` and ``state``, XLA can
+    then update them in place: each new value is materialised before the next
+    one reads it, so no old value is read after its buffer is overwritten.
+    Left to itself XLA recomputes ``acc + g**2`` and the velocity inside later
+    fusions and keeps the old buffers alive by copying every accumulator and
+    velocity at each step (about 5% of a CPU training step).
+    """
+    barrier = jax.lax.optimization_barrier
+    keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+    acc = barrier(jax.tree.map(lambda a, g: keep(a + jnp.square(g), a), state.accumulator, grads))
+    velocity = barrier(jax.tree.map(
+        lambda v, g, a: keep(momentum * v - learning_rate * g / jnp.sqrt(a + eps), v),
+        state.velocity, grads, acc))
+    new_params = jax.tree.map(lambda p, v: keep(p + v, p), params, velocity)
+    return new_params, AdagradMomentumState(accumulator=acc, velocity=velocity)
 
 
 _NO_POSITION = jnp.iinfo(jnp.int32).max

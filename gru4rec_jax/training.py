@@ -23,7 +23,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from gru4rec_jax import losses as losses_lib
@@ -171,7 +170,6 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
     loss_fn = losses_lib.LOSSES[config.loss]
     loss_params = {"bpreg": config.bpreg} if config.loss == "bpr-max" else {}
     activation = final_activation(config)
-    dense_tx = optimizer_lib.adagrad_momentum(config.learning_rate, config.momentum)
     sparse_update = sharding_lib.sharded_sparse_adagrad(
         mesh,
         learning_rate=config.learning_rate,
@@ -232,14 +230,11 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
 
         any_active = jnp.any(active)
         with jax.named_scope("dense_update"):
-            updates, dense_opt = dense_tx.update(g_layers, state.dense_opt)
-            layers = optax.apply_updates(state.params["layers"], updates)
-            # A padding step (no active lane) must change nothing: with zero
-            # gradients momentum would still move the dense weights. (Item tables
+            # A padding step (no active lane) must change nothing. (Item tables
             # need no guard: such a step touches no row.)
-            keep_if_padding = lambda new, old: jnp.where(any_active, new, old)  # noqa: E731
-            layers = jax.tree.map(keep_if_padding, layers, state.params["layers"])
-            dense_opt = jax.tree.map(keep_if_padding, dense_opt, state.dense_opt)
+            layers, dense_opt = optimizer_lib.adagrad_momentum_step(
+                state.params["layers"], state.dense_opt, g_layers,
+                learning_rate=config.learning_rate, momentum=config.momentum, apply=any_active)
 
         # Rows of inactive lanes are not touched (index n = "no row"; n counts
         # a sharded table's padding rows too).

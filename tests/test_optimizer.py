@@ -28,9 +28,11 @@ def _np_dense_step(theta, acc, vel, g, lr, mu):
 # dense: adagrad_momentum
 
 
+@pytest.mark.parametrize("form", ["transformation", "step"])
 @pytest.mark.parametrize("mu", [0.0, 0.6])
-def test_adagrad_momentum_matches_reference_over_steps(mu):
-    """Guards the update rule (eps inside sqrt, acc and v from 0, heavy-ball momentum) over several steps."""
+def test_adagrad_momentum_matches_reference_over_steps(mu, form):
+    """Guards the update rule (eps inside sqrt, acc and v from 0, heavy-ball momentum) over several steps,
+    as the optax transformation and as the one-call adagrad_momentum_step that training uses."""
     rng = np.random.default_rng(0)
     lr = 0.1
     params = {"W": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=(3,)).astype(np.float32)}
@@ -43,6 +45,8 @@ def test_adagrad_momentum_matches_reference_over_steps(mu):
 
     @jax.jit
     def step(p, s, g):
+        if form == "step":
+            return opt_lib.adagrad_momentum_step(p, s, g, learning_rate=lr, momentum=mu)
         updates, s = tx.update(g, s, p)
         return optax.apply_updates(p, updates), s
 
@@ -58,6 +62,21 @@ def test_adagrad_momentum_matches_reference_over_steps(mu):
             np.testing.assert_allclose(np.asarray(jparams[k]), ref[k][0], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(np.asarray(state.accumulator[k]), ref[k][1], rtol=1e-5, atol=1e-12)
             np.testing.assert_allclose(np.asarray(state.velocity[k]), ref[k][2], rtol=1e-4, atol=1e-6)
+
+
+def test_adagrad_momentum_step_not_applied_changes_nothing():
+    """Guards the padding-step guard: with a traced apply=False, parameters, accumulator and a nonzero
+    velocity come back bit-identical (a zero gradient alone would still move them by momentum)."""
+    params = {"W": jnp.ones((3, 2)), "b": jnp.zeros((2,))}
+    state = opt_lib.AdagradMomentumState(jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params))
+    step = jax.jit(functools.partial(opt_lib.adagrad_momentum_step, learning_rate=0.1, momentum=0.9))
+    grads = {"W": jnp.full((3, 2), 0.5), "b": jnp.array([1.0, -2.0])}
+    params, state = step(params, state, grads, apply=jnp.array(True))
+    zero = jax.tree.map(jnp.zeros_like, grads)
+    for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves(step(params, state, zero, apply=jnp.array(False)))):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+    moved = step(params, state, zero, apply=jnp.array(True))[0]
+    assert not np.array_equal(np.asarray(moved["W"]), np.asarray(params["W"]))
 
 
 def test_learning_rate_is_constant_over_many_steps():
