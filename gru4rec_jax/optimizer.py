@@ -233,7 +233,9 @@ def _masked_update(table, accumulator, velocity, indices, row_grads, learning_ra
     for index, row_grad in zip(indices, row_grads):
         grads = grads.at[index].add(row_grad, mode="drop")
         touched = touched.at[index].set(True, mode="drop")
-    touched = touched.reshape((n,) + (1,) * (table.ndim - 1))
-    acc = jnp.where(touched, accumulator + jnp.square(grads), accumulator)
-    vel = jnp.where(touched, momentum * velocity - learning_rate * grads / jnp.sqrt(acc + eps), velocity)
-    return jnp.where(touched, table + vel, table), acc, vel
+    # The dense step under a touched-row mask.
+    table, state = adagrad_momentum_step(
+        table, AdagradMomentumState(accumulator, velocity), grads,
+        learning_rate=learning_rate, momentum=momentum, eps=eps,
+        apply=touched.reshape((n,) + (1,) * (table.ndim - 1)))
+    return table, state.accumulator, state.velocity
