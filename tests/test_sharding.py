@@ -131,10 +131,10 @@ def test_sharded_rank_counts_match_numpy(item_block):
         rows = sharding.padded_rows(n, mesh)
         tables = {"Wy": sharding.put(np.pad(wy, [(0, rows - n), (0, 0)]), sharding.table_sharding(mesh, 2)),
                   "By": sharding.put(np.pad(by, (0, rows - n)), sharding.table_sharding(mesh, 1))}
-        counts = jax.jit(lambda o, t, tb: evaluation.target_counts_sharded(o, t, tb, n, item_block, mesh))(
-            output, targets, tables)
         for mode in evaluation.EVAL_MODES:
-            ranks = evaluation._ranks_of_counts(*(np.asarray(c, np.float64) for c in counts), mode)
+            counts = jax.jit(lambda o, t, tb: evaluation.target_counts_sharded(o, t, tb, n, item_block, mesh, mode))(
+                output, targets, tables)
+            ranks = evaluation._ranks_of_counts(tuple(np.asarray(c, np.float64) for c in counts), mode)
             np.testing.assert_array_equal(ranks, _numpy_ranks(output, targets, wy, by, mode))
 
 
