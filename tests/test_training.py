@@ -1,5 +1,7 @@
 """The training step against an independent dense reference, masking, padding, resume, NaN."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,8 +142,8 @@ def test_chunk_length_does_not_change_training():
 
 
 def test_table_update_strategies_train_alike():
-    """The "rows" update (deduplication workspace carried over the steps of a chunk, rows reused
-    from the forward gather) and the "masked" one give the same epoch, with samples and momentum."""
+    """The "rows" update (deduplication workspace carried over the steps of a chunk) and the
+    "masked" one give the same epoch, with samples and momentum."""
     sessions, n = _toy_sessions(seed=3)
     model_config = model.ModelConfig(n_items=n, layers=(8,))
     runs = {}
@@ -173,6 +175,25 @@ def test_compile_falls_back_when_xla_lacks_the_cpu_options(monkeypatch):
     expected = loss_of(training.compile_train_chunk(chunk_fn, state, *args))
     monkeypatch.setattr(training, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_in_any_build": "1"})
     assert loss_of(training.compile_train_chunk(chunk_fn, state, *args)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_compiled_chunk_updates_optimizer_state_in_place():
+    """Guards the in-place updates of the scan-carried state: XLA copies a carried buffer each step
+    when a value is read after its buffer is overwritten. The item-sized deduplication workspace
+    must never be copied, and at most a few dense weights (read by the input rows' gradient) may
+    be: not every accumulator and velocity, as before optimizer.adagrad_momentum_step."""
+    n_items, h = 101, 6
+    model_config = model.ModelConfig(n_items=n_items, layers=(h,))
+    config = training.TrainConfig(batch_size=3, n_sample=4, momentum=0.5, table_update="rows")
+    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
+    args = (model.zero_hidden(model_config, 3), _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3),
+            jax.random.PRNGKey(9), sampling.alias_table(np.ones(n_items), 0.5), jnp.zeros((n_items,)))
+    hlo = training.compile_train_chunk(training.make_train_chunk(model_config, config), state, *args).as_text()
+    copied = re.findall(r"= (\w+\[[\d,]*\])\{[^}]*\} copy\(", hlo)
+    assert f"s32[{n_items + 1}]" not in copied
+    layer_shapes = {f"f32[{','.join(map(str, leaf.shape))}]" for leaf in jax.tree.leaves(state.params["layers"])}
+    n_layer_leaves = len(jax.tree.leaves(state.params["layers"]))
+    assert sum(shape in layer_shapes for shape in copied) < n_layer_leaves, copied
 
 
 def test_epoch_consumes_every_event():
