@@ -74,6 +74,11 @@ def _tie_counts(scores, target_score, mode: str, valid=None) -> tuple:
     raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
 
 
+def _zero_counts(n_rows: int, mode: str) -> tuple:
+    """Zeros shaped like the :func:`_tie_counts` of ``mode``, to sum block counts into."""
+    return tuple(jnp.zeros((n_rows,), jnp.int32) for _ in range(2 if mode == "median" else 1))
+
+
 def _ranks_of_counts(counts: tuple, mode: str) -> jax.Array:
     """The rank under tie rule ``mode`` from its :func:`_tie_counts`."""
     if mode == "standard":
@@ -125,7 +130,7 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block):
         target_score, _ = jax.lax.scan(
             lambda acc, start: (pick_target(acc, start, size), None), target_score, starts
         )
-    totals = jax.tree.map(jnp.zeros_like, _tie_counts(jnp.zeros((targets.shape[0], 1)), target_score, mode))
+    totals = _zero_counts(targets.shape[0], mode)
     for starts, size in blocks:
         totals, _ = jax.lax.scan(
             lambda acc, start: (count(acc, start, size, target_score), None), totals, starts
@@ -176,7 +181,7 @@ def target_counts_sharded(output, targets, tables, n_items, item_block, mesh, mo
             valid = ((rows >= new_from) & (start + rows < n_items))[None, :]
             return jax.tree.map(jnp.add, acc, _tie_counts(scores_of(s), target_score, mode, valid)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, _tie_counts(jnp.zeros((targets.shape[0], 1)), target_score, mode))
+        zeros = _zero_counts(targets.shape[0], mode)
         counts, _ = jax.lax.scan(count, zeros, (starts, first_new))
         return jax.lax.psum(counts, "items")
 

@@ -287,12 +287,12 @@ def gather_rows(table: jax.Array, indices: jax.Array, mesh: Optional[Mesh]) -> j
 def sparse_update(
     mesh: Optional[Mesh], update: Callable, table, accumulator, velocity, indices, row_grads
 ):
-    """``update(table, accumulator, velocity, indices, row_grads)`` (the row-sparse
-    optimizer step) on a table sharded by rows over ``items``.
+    """``update(table, accumulator, velocity, indices, row_grads)`` (the row-sparse optimizer step)
+    on a table sharded by rows over ``items``.
 
-    Indices and gradients are replicated; each shard applies the
-    step to the rows it owns (indices shifted to its local rows, all others
-    marked "no row"), so every row gets exactly the single-device update.
+    Indices and gradients are replicated; each shard applies the step to the
+    rows it owns (indices shifted to its local rows, all others marked "no
+    row"), so every row gets exactly the single-device update.
     """
     if mesh is None:
         return update(table, accumulator, velocity, indices, row_grads)
