@@ -319,25 +319,35 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
 
 # XLA:CPU hands dot products and reductions to YNNPACK by default. Its
 # reductions are slower than XLA's own loops on the training step's
-# (M+S, M) score matrices: keeping YNNPACK for the products only made the
-# step 4-7% faster on the 2-core benchmark machine (cross-entropy and
-# BPR-max sets, JAX 0.10). Other platforms compile with their defaults.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# (M+S, M) score matrices, and its products are slower than XLA's own for
+# narrow layers, faster for wide ones. Same-process A/B of the compiled
+# chunk on the 2-core benchmark machine (JAX 0.10, 3k items), YNNPACK
+# products against XLA's: h 100 (B 32, 80, 128) 4-10% slower, h 224 (B 32,
+# 80, 128) 1-6% slower, h 256 and 320 even, h 384 and 512 6-11% faster.
+_YNNPACK_PRODUCTS_ABOVE_UNITS = 320
+
+
+def _cpu_compiler_options(output_units: int) -> dict:
+    """XLA:CPU options for a training chunk whose output layer has ``output_units`` units."""
+    wide = output_units > _YNNPACK_PRODUCTS_ABOVE_UNITS
+    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT" if wide else ""}
 
 
 def compile_train_chunk(train_chunk, *args, mesh: Optional[Mesh] = None):
     """Compiles ``make_train_chunk``'s function for ``args`` ahead of time.
 
-    On CPU with :data:`_CPU_COMPILER_OPTIONS`; an XLA build that does not
-    know them (their names are experimental) compiles without them.
+    On CPU with :func:`_cpu_compiler_options` for the output layer's width
+    (``args[0]`` is the train state); an XLA build that does not know them
+    (their names are experimental) compiles without them.
     """
     lowered = train_chunk.lower(*args)
     if sharding_lib.platform(mesh) != "cpu":
         return lowered.compile()
+    options = _cpu_compiler_options(args[0].params["tables"]["Wy"].shape[-1])
     try:
-        return lowered.compile(_CPU_COMPILER_OPTIONS)
+        return lowered.compile(options)
     except jax.errors.JaxRuntimeError as error:
-        if not any(name in str(error) for name in _CPU_COMPILER_OPTIONS):
+        if not any(name in str(error) for name in options):
             raise
         return lowered.compile()
 

@@ -173,8 +173,21 @@ def test_compile_falls_back_when_xla_lacks_the_cpu_options(monkeypatch):
         return float(compiled(*jax.tree.map(jnp.copy, (state, args[0])), *args[1:])[2][0])
 
     expected = loss_of(training.compile_train_chunk(chunk_fn, state, *args))
-    monkeypatch.setattr(training, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_in_any_build": "1"})
+    monkeypatch.setattr(training, "_cpu_compiler_options", lambda units: {"xla_cpu_no_such_option_in_any_build": "1"})
     assert loss_of(training.compile_train_chunk(chunk_fn, state, *args)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("units, ynnpack", [(4, False), (training._YNNPACK_PRODUCTS_ABOVE_UNITS + 8, True)])
+def test_cpu_chunk_hands_products_to_ynnpack_only_for_wide_layers(units, ynnpack):
+    """The compiler options reach XLA: a narrow output layer's products stay XLA's own dots, a wide
+    one's go to YNNPACK (faster there on CPU)."""
+    model_config = model.ModelConfig(n_items=8, layers=(units,))
+    config = training.TrainConfig(batch_size=3, n_sample=4)
+    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
+    args = (model.zero_hidden(model_config, 3), _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3),
+            jax.random.PRNGKey(9), sampling.alias_table(np.ones(8), 0.5), jnp.zeros((8,)))
+    hlo = training.compile_train_chunk(training.make_train_chunk(model_config, config), state, *args).as_text()
+    assert ("__ynn_fusion" in hlo) == ynnpack
 
 
 def test_compiled_chunk_updates_optimizer_state_in_place():
