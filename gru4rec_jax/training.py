@@ -322,8 +322,8 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
 # (M+S, M) score matrices, and its products are slower than XLA's own for
 # narrow layers, faster for wide ones. Same-process A/B of the compiled
 # chunk on the 2-core benchmark machine (JAX 0.10, 3k items), YNNPACK
-# products against XLA's: h 100 (B 32, 80, 128) 4-10% slower, h 224 (B 32,
-# 80, 128) 1-6% slower, h 256 and 320 even, h 384 and 512 6-11% faster.
+# products against XLA's: h 100 (B 32, 80, 128) 5-10% slower, h 224 (B 32,
+# 80, 128) 2-7% slower, h 256 and 320 even, h 384 and 512 6-10% faster.
 _YNNPACK_PRODUCTS_ABOVE_UNITS = 320
 
 
