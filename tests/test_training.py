@@ -159,14 +159,20 @@ def test_table_update_strategies_train_alike():
                      getattr(rows_state, name), getattr(masked_state, name))
 
 
+def _tiny_chunk_inputs(n_items, units, **train_args):
+    """(model config, train config, state, the other arguments of a one-step chunk) of a tiny model."""
+    model_config = model.ModelConfig(n_items=n_items, layers=(units,))
+    config = training.TrainConfig(batch_size=3, n_sample=4, **train_args)
+    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
+    args = (model.zero_hidden(model_config, 3), _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3),
+            jax.random.PRNGKey(9), sampling.alias_table(np.ones(n_items), 0.5), jnp.zeros((n_items,)))
+    return model_config, config, state, args
+
+
 def test_compile_falls_back_when_xla_lacks_the_cpu_options(monkeypatch):
     """The CPU compiler options are experimental XLA names: a build without them still compiles
     the chunk, which computes the same step."""
-    model_config = model.ModelConfig(n_items=8, layers=(4,))
-    config = training.TrainConfig(batch_size=3, n_sample=4)
-    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
-    args = (model.zero_hidden(model_config, 3), _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3),
-            jax.random.PRNGKey(9), sampling.alias_table(np.ones(8), 0.5), jnp.zeros((8,)))
+    model_config, config, state, args = _tiny_chunk_inputs(8, 4)
     chunk_fn = training.make_train_chunk(model_config, config)
 
     def loss_of(compiled):  # state and hidden are donated: pass copies
@@ -181,11 +187,7 @@ def test_compile_falls_back_when_xla_lacks_the_cpu_options(monkeypatch):
 def test_cpu_chunk_hands_products_to_ynnpack_only_for_wide_layers(units, ynnpack):
     """The compiler options reach XLA: a narrow output layer's products stay XLA's own dots, a wide
     one's go to YNNPACK (faster there on CPU)."""
-    model_config = model.ModelConfig(n_items=8, layers=(units,))
-    config = training.TrainConfig(batch_size=3, n_sample=4)
-    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
-    args = (model.zero_hidden(model_config, 3), _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3),
-            jax.random.PRNGKey(9), sampling.alias_table(np.ones(8), 0.5), jnp.zeros((8,)))
+    model_config, config, state, args = _tiny_chunk_inputs(8, units)
     hlo = training.compile_train_chunk(training.make_train_chunk(model_config, config), state, *args).as_text()
     assert ("__ynn_fusion" in hlo) == ynnpack
 
@@ -195,12 +197,8 @@ def test_compiled_chunk_updates_optimizer_state_in_place():
     when a value is read after its buffer is overwritten. The item-sized deduplication workspace
     must never be copied, and at most a few dense weights (read by the input rows' gradient) may
     be: not every accumulator and velocity, as before optimizer.adagrad_momentum_step."""
-    n_items, h = 101, 6
-    model_config = model.ModelConfig(n_items=n_items, layers=(h,))
-    config = training.TrainConfig(batch_size=3, n_sample=4, momentum=0.5, table_update="rows")
-    state = training.init_train_state(jax.random.PRNGKey(0), model_config)
-    args = (model.zero_hidden(model_config, 3), _one_step_chunk([1, 2, 3], [2, 3, 4], [True] * 3),
-            jax.random.PRNGKey(9), sampling.alias_table(np.ones(n_items), 0.5), jnp.zeros((n_items,)))
+    n_items = 101
+    model_config, config, state, args = _tiny_chunk_inputs(n_items, 6, momentum=0.5, table_update="rows")
     hlo = training.compile_train_chunk(training.make_train_chunk(model_config, config), state, *args).as_text()
     copied = re.findall(r"= (\w+\[[\d,]*\])\{[^}]*\} copy\(", hlo)
     assert f"s32[{n_items + 1}]" not in copied
