@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from gru4rec_jax import model as model_lib
+from gru4rec_jax import threefry
 
 __all__ = ["HRNNConfig", "HRNN_MODES", "init_params", "zero_carry", "dropout_masks", "begin_step", "forward"]
 
@@ -99,7 +100,7 @@ def dropout_masks(key, config: HRNNConfig, batch_size: int, p_embed, p_hidden, p
 
     def masks(key, sizes, rate):
         keys = jax.random.split(key, len(sizes))
-        return [jax.random.bernoulli(k, 1.0 - rate, (batch_size, h)) if rate > 0 else None
+        return [threefry.bernoulli(k, 1.0 - rate, (batch_size, h)) if rate > 0 else None
                 for k, h in zip(keys, sizes)]
 
     return {

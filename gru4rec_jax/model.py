@@ -23,6 +23,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from gru4rec_jax import threefry
+
 __all__ = [
     "ModelConfig",
     "init_params",
@@ -72,7 +74,7 @@ class ModelConfig:
 def _uniform(key, shape, fan_in, fan_out):
     # Glorot-uniform with the reference's per-gate-block fans.
     limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+    return threefry.uniform(key, shape, -limit, limit)
 
 
 def _gate_blocks(key, rows, h, blocks):
@@ -231,7 +233,7 @@ def dropout_masks(
     shapes = [input_shape] + [(batch_size, h) for h in config.layers]
     rates = [dropout_p_embed] + [dropout_p_hidden] * len(config.layers)
     return [
-        jax.random.bernoulli(k, 1.0 - rate, shape) if rate > 0 else None
+        threefry.bernoulli(k, 1.0 - rate, shape) if rate > 0 else None
         for k, shape, rate in zip(keys, shapes, rates)
     ]
 

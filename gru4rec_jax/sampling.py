@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gru4rec_jax import threefry
+
 __all__ = ["AliasTable", "item_support", "alias_table", "draw_negatives", "logq_correction"]
 
 
@@ -52,8 +54,8 @@ def draw_negatives(key: jax.Array, table: AliasTable, n_sample: int) -> jax.Arra
     """``n_sample`` item indices drawn i.i.d. from the distribution of ``table``."""
     n = table.keep.shape[0]
     key_bucket, key_coin = jax.random.split(key)
-    bucket = jax.random.randint(key_bucket, (n_sample,), 0, n, jnp.int32)
-    coin = jax.random.uniform(key_coin, (n_sample,), jnp.float32)
+    bucket = threefry.randint(key_bucket, (n_sample,), n)
+    coin = threefry.uniform(key_coin, (n_sample,))
     return jnp.where(coin < table.keep[bucket], bucket, table.alias[bucket])
 
 
