@@ -5,13 +5,13 @@ SC 2011: 20 rounds in five groups of four, a key injection after each group).
 On CPU, JAX lowers the hash as a loop over those five groups, each group one
 pass over the whole output. For the dropout masks of a training chunk
 (steps x lanes x units words per mask) that loop streams its state through
-memory five times: 6-7% of the BPR-max training step on the 2-core CPU. The
+memory five times: 7% of the BPR-max training step on the 2-core CPU. The
 same hash written here as one elementwise expression compiles to a single
 fused kernel: a chunk's (338, 80, 224) mask took 2.8 ms instead of 61 ms.
 
 The functions return exactly what ``jax.random.bits``, ``uniform``,
-``bernoulli`` and ``randint`` return for the same key (tests/test_threefry.py checks it), so
-training draws the same masks as before. Where JAX would not use this hash
+``bernoulli`` and ``randint`` return for the same key (tests/test_threefry.py
+checks it), so training draws what it drew before. Where JAX would not use this hash
 (another ``jax_default_prng_impl``, a typed key of another implementation, or
 ``jax_threefry_partitionable`` off, which numbers the counters differently),
 they call ``jax.random`` instead.
