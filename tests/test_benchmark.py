@@ -1,4 +1,4 @@
-"""experiments.benchmark end to end on a tiny shape: its table, its JSON and its one-line errors."""
+"""experiments.benchmark and experiments.profile_step end to end on tiny shapes."""
 
 import json
 import os
@@ -47,3 +47,17 @@ def test_benchmark_rejects_bad_flags_in_one_line(args, message):
     ran = _benchmark(*args)
     assert ran.returncode != 0
     assert ran.stderr.strip().splitlines()[-1].startswith(message)
+
+
+@pytest.mark.host_process
+def test_profile_step_lists_the_step_and_the_work_outside_it():
+    ran = subprocess.run([sys.executable, "-m", "experiments.profile_step", "--config=rsc15_xe", "--items=60",
+                          "--steps=8", "--top=4"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("rsc15_xe, 60 items, 8 steps on ")
+    total = next(line for line in lines if line.endswith("all per-step operations (profiler overhead included)"))
+    listed = lines[2:lines.index(total)]
+    assert len(listed) == 4 and float(total.split()[0]) >= sum(float(line.split()[0]) for line in listed) > 0
+    assert any(line.startswith("by part of the step: ") and "loss_and_gradients" in line for line in lines)
+    assert any("us/step outside the step" in line for line in lines)
