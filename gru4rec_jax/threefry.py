@@ -14,7 +14,7 @@ The functions return exactly what ``jax.random.bits``, ``uniform``,
 checks it), so training draws what it drew before. Where JAX would not use this hash
 (another ``jax_default_prng_impl``, a typed key of another implementation, or
 ``jax_threefry_partitionable`` off, which numbers the counters differently),
-they call ``jax.random`` instead.
+``bits`` calls ``jax.random`` instead, and the others convert its words as JAX does.
 """
 
 from __future__ import annotations
@@ -73,9 +73,8 @@ def bits(key: jax.Array, shape: tuple) -> jax.Array:
 
 def uniform(key: jax.Array, shape: tuple, minval: float = 0.0, maxval: float = 1.0) -> jax.Array:
     """``jax.random.uniform(key, shape, jnp.float32, minval, maxval)`` for static bounds."""
-    if _key_words(key) is None:
-        return jax.random.uniform(key, shape, jnp.float32, minval, maxval)
-    # The 23 high bits of each word as the mantissa of a float in [1, 2).
+    # JAX's conversion of random words (``bits`` defers to JAX for other generators):
+    # the 23 high bits of each word as the mantissa of a float in [1, 2).
     one_to_two = (bits(key, shape) >> np.uint32(9)) | np.float32(1.0).view(np.uint32)
     unit = jax.lax.bitcast_convert_type(one_to_two, jnp.float32) - np.float32(1.0)
     if (minval, maxval) == (0.0, 1.0):
@@ -93,14 +92,12 @@ def _scale(unit, low, high):
 
 def bernoulli(key: jax.Array, p: float, shape: tuple) -> jax.Array:
     """``jax.random.bernoulli(key, p, shape)``: True with probability ``p``."""
-    if _key_words(key) is None:
-        return jax.random.bernoulli(key, p, shape)
     return uniform(key, shape) < np.float32(p)
 
 
 def randint(key: jax.Array, shape: tuple, maxval: int) -> jax.Array:
     """``jax.random.randint(key, shape, 0, maxval, jnp.int32)`` for a static ``maxval`` >= 1."""
-    if _key_words(key) is None or not 1 <= maxval <= np.iinfo(np.int32).max:
+    if not 1 <= maxval <= np.iinfo(np.int32).max:
         return jax.random.randint(key, shape, 0, maxval, jnp.int32)
     # JAX's reduction of two random words modulo the span: (hi * m + lo) % span with
     # m = (2**16 % span)**2 % span, the square taken in uint32 (so m is 0 for spans

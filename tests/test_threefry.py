@@ -71,5 +71,7 @@ def test_other_generators_fall_back_to_jax_random(setting, value):
         np.testing.assert_array_equal(threefry.bits(key, (9, 4)), jax.random.bits(key, (9, 4), jnp.uint32))
         np.testing.assert_array_equal(threefry.bernoulli(key, 0.3, (9, 4)), jax.random.bernoulli(key, 0.3, (9, 4)))
         np.testing.assert_array_equal(threefry.randint(key, (9, 4), 13), jax.random.randint(key, (9, 4), 0, 13))
+        np.testing.assert_array_equal(threefry.uniform(key, (9, 4), -0.2, 0.3),
+                                      jax.random.uniform(key, (9, 4), jnp.float32, -0.2, 0.3))
     finally:
         jax.config.update(setting, previous)
