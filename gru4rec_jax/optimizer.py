@@ -30,6 +30,8 @@ __all__ = [
     "adagrad_momentum",
     "adagrad_momentum_step",
     "sparse_adagrad_momentum_update",
+    "masked_adagrad_momentum_update",
+    "resolve_table_update",
     "sum_duplicate_rows",
     "dedup_workspace",
 ]
@@ -193,14 +195,15 @@ def sparse_adagrad_momentum_update(
     n = table.shape[0]
     if not isinstance(indices, (tuple, list)):
         indices, row_grads = (indices,), (row_grads,)
-    n_touched = sum(i.shape[0] for i in indices)
-    if strategy == "auto":
-        strategy = "masked" if n <= _MASKED_MAX_RATIO * n_touched else "rows"
+    strategy = resolve_table_update(strategy, n, sum(i.shape[0] for i in indices))
     if strategy == "masked":
-        updated = _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps)
+        grads = jnp.zeros_like(table)
+        for index, row_grad in zip(indices, row_grads):
+            grads = grads.at[index].add(row_grad, mode="drop")
+        updated = masked_adagrad_momentum_update(
+            table, accumulator, velocity, grads, indices,
+            learning_rate=learning_rate, momentum=momentum, eps=eps)
         return updated if workspace is None else (*updated, workspace)
-    if strategy != "rows":
-        raise ValueError(f"strategy must be auto, rows or masked, got {strategy!r}")
     rows, grads, new_workspace = sum_duplicate_rows(
         indices, row_grads, n,
         workspace=dedup_workspace(n) if workspace is None else workspace)
@@ -227,16 +230,42 @@ def sparse_adagrad_momentum_update(
 _MASKED_MAX_RATIO = 4
 
 
-def _masked_update(table, accumulator, velocity, indices, row_grads, learning_rate, momentum, eps):
+def resolve_table_update(strategy: str, num_rows: int, num_touched: int) -> str:
+    """The strategy ("rows" or "masked") that ``strategy`` means for a table of
+    ``num_rows`` rows of which a step touches up to ``num_touched`` (with
+    duplicates); see :func:`sparse_adagrad_momentum_update`."""
+    if strategy == "auto":
+        return "masked" if num_rows <= _MASKED_MAX_RATIO * num_touched else "rows"
+    if strategy not in ("rows", "masked"):
+        raise ValueError(f"strategy must be auto, rows or masked, got {strategy!r}")
+    return strategy
+
+
+def masked_adagrad_momentum_update(
+    table: jax.Array,
+    accumulator: jax.Array,
+    velocity: jax.Array,
+    grads: jax.Array,
+    touched,
+    *,
+    learning_rate: float,
+    momentum: float = 0.0,
+    eps: float = EPS,
+):
+    """The ``"masked"`` strategy of :func:`sparse_adagrad_momentum_update`, given
+    the table-shaped gradient ``grads`` (zero outside the touched rows) and
+    ``touched``, the row indices (an array or a tuple of arrays; ``>= n`` means
+    none). A caller that can compute the table-shaped gradient directly (the
+    training step's output layer, as one product) saves building it from rows.
+    Returns the new ``(table, accumulator, velocity)``; only touched rows differ.
+    """
     n = table.shape[0]
-    grads = jnp.zeros_like(table)
-    touched = jnp.zeros((n,), bool)
-    for index, row_grad in zip(indices, row_grads):
-        grads = grads.at[index].add(row_grad, mode="drop")
-        touched = touched.at[index].set(True, mode="drop")
+    mask = jnp.zeros((n,), bool)
+    for index in touched if isinstance(touched, (tuple, list)) else (touched,):
+        mask = mask.at[index].set(True, mode="drop")
     # The dense step under a touched-row mask.
     table, state = adagrad_momentum_step(
         table, AdagradMomentumState(accumulator, velocity), grads,
         learning_rate=learning_rate, momentum=momentum, eps=eps,
-        apply=touched.reshape((n,) + (1,) * (table.ndim - 1)))
+        apply=mask.reshape((n,) + (1,) * (table.ndim - 1)))
     return table, state.accumulator, state.velocity

@@ -531,3 +531,101 @@ def test_get_loss_unknown_name_raises(bad):
         get_loss(bad)
     assert repr(bad) in str(info.value)
     assert not isinstance(info.value, KeyError)
+
+
+# ---------------------------------------------------------------------------
+# 8. Cross-entropy with integer labels (the training step's form)
+# ---------------------------------------------------------------------------
+
+integer_ce = losses.cross_entropy_loss_with_integer_labels
+
+
+def ref_cross_entropy_at(r, label, valid):
+    """Per-row -log(softmax over the valid candidates at the label + EPS); 0 for a row whose
+    label is out of range or masked out."""
+    out = np.zeros(r.shape[0])
+    for i, (row, j, ok) in enumerate(zip(_as64(r), label, valid)):
+        if 0 <= j < row.size and ok[j]:
+            e = np.exp(row[ok] - row[ok].max())
+            out[i] = -np.log(np.exp(row[j] - row[ok].max()) / e.sum() + EPS)
+    return out
+
+
+@pytest.mark.parametrize("m,s", SHAPES, ids=[f"M{m}-S{s}" for m, s in SHAPES])
+def test_integer_labels_match_numpy_reference(m, s):
+    r = _scores(m, s, seed=141)
+    got = integer_ce(r, np.arange(m), reduce_fn=None)
+    np.testing.assert_allclose(_as64(got), ref_cross_entropy(_as64(r)), rtol=RTOL, atol=ATOL)
+
+
+def test_integer_labels_anywhere_masked_or_out_of_range():
+    """Labels off the diagonal; a label on a masked-out candidate, below 0 or past the end means no positive."""
+    rng = np.random.default_rng(142)
+    r = _scores(M_MASK, S_MASK, seed=143)
+    where = rng.random(r.shape) > 0.2
+    label = rng.integers(0, M_MASK + S_MASK, M_MASK)
+    where[0, label[0]] = False
+    label[1], label[2] = -1, M_MASK + S_MASK
+    got = integer_ce(r, label, where=where, reduce_fn=None)
+    want = ref_cross_entropy_at(r, label, where)
+    assert want[0] == want[1] == want[2] == 0.0 and np.all(want[3:] > 0)
+    np.testing.assert_allclose(_as64(got), want, rtol=RTOL, atol=ATOL)
+    grads = jax.grad(lambda x: integer_ce(x, label, where=where, reduce_fn=jnp.sum))(jnp.asarray(r))
+    assert np.all(np.asarray(grads)[:3] == 0.0) and np.all(np.asarray(grads)[~where] == 0.0)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_integer_labels_equal_one_hot_labels_values_and_gradients(axis):
+    """The same loss and gradient as cross_entropy_loss with the one-hot labels, under a mask,
+    with weights, for every reduction; to the last bit without jit."""
+    r = _scores(M_MASK, S_MASK, seed=144)
+    y = _labels(M_MASK, S_MASK)
+    where = _where_dropping(DROP_ROWS, DROP_COLS)
+    weights = np.linspace(0.5, 2.0, M_MASK).astype(np.float32)
+    if axis == 0:  # candidates on axis 0, as the training step lays them out
+        r, y, where = r.T, y.T, where.T
+    label = np.arange(M_MASK)
+    for reduce_fn in (None, jnp.sum, jnp.mean):
+        def one_hot(x):
+            return losses.cross_entropy_loss(x, y, where=where, weights=weights, reduce_fn=reduce_fn, axis=axis)
+
+        def integer(x):
+            return integer_ce(x, label, where=where, weights=weights, reduce_fn=reduce_fn, axis=axis)
+
+        np.testing.assert_array_equal(np.asarray(integer(r)), np.asarray(one_hot(r)))
+        if reduce_fn is not None:
+            np.testing.assert_array_equal(np.asarray(jax.grad(integer)(r)), np.asarray(jax.grad(one_hot)(r)))
+            jitted = jax.jit(jax.value_and_grad(integer))(r)
+            np.testing.assert_allclose(float(jitted[0]), float(one_hot(r)), rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(jitted[1]), np.asarray(jax.grad(one_hot)(r)), rtol=1e-5, atol=1e-7)
+
+
+def test_integer_labels_leading_batch_dims():
+    r = _scores(4, 3, seed=145, batch=(2,))
+    label = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    batched = np.asarray(integer_ce(r, label, reduce_fn=None))
+    stacked = np.stack([np.asarray(integer_ce(r[k], label[k], reduce_fn=None)) for k in range(2)])
+    np.testing.assert_allclose(batched, stacked, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("wild", [1e20, np.inf, -np.inf])
+def test_integer_labels_masked_wild_scores_stay_finite(wild):
+    r = _scores(M_MASK, S_MASK, seed=146)
+    where = _where_dropping(DROP_ROWS, DROP_COLS)
+    clean = integer_ce(r, np.arange(M_MASK), where=where, reduce_fn=jnp.sum)
+    r[~where] = wild
+    loss, grads = jax.value_and_grad(
+        lambda x: integer_ce(x, np.arange(M_MASK), where=where, reduce_fn=jnp.sum))(jnp.asarray(r))
+    assert float(loss) == float(clean) and np.all(np.isfinite(np.asarray(grads)))
+
+
+def test_integer_labels_check_grads_float64():
+    rng = np.random.default_rng(147)
+    where = np.ones((3, 5), bool)
+    where[0, 4] = False
+    where[2, :] = False
+    with jax.enable_x64(True):
+        r = jnp.asarray(rng.normal(size=(3, 5)), dtype=jnp.float64)
+        fn = lambda x: integer_ce(x, np.array([0, 3, 1]), where=where, reduce_fn=jnp.sum)  # noqa: E731
+        assert fn(r).dtype == jnp.float64
+        check_grads(fn, (r,), order=1, modes=["rev"])

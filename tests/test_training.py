@@ -141,15 +141,19 @@ def test_chunk_length_does_not_change_training():
                      state.params, results[0][0].params)
 
 
-def test_table_update_strategies_train_alike():
-    """The "rows" update (deduplication workspace carried over the steps of a chunk) and the
-    "masked" one give the same epoch, with samples and momentum."""
+@pytest.mark.parametrize("loss,embedding", [("bpr-max", "shared"), ("cross-entropy", "separate"),
+                                            ("bpr-max", "onehot")])
+def test_table_update_strategies_train_alike(loss, embedding):
+    """The "rows" update (deduplication workspace carried over the steps of a chunk, row
+    gradients) and the "masked" one (the output layer's gradients table-shaped from its
+    product) give the same epoch, with samples and momentum, for every input embedding."""
     sessions, n = _toy_sessions(seed=3)
-    model_config = model.ModelConfig(n_items=n, layers=(8,))
+    model_config = model.ModelConfig(n_items=n, layers=(8,), embedding=embedding,
+                                     embedding_dim=5 if embedding == "separate" else 0)
     runs = {}
     for table_update in ("rows", "masked"):
         config = training.TrainConfig(batch_size=4, n_sample=6, n_epochs=1, momentum=0.4, chunk_steps=50,
-                                      table_update=table_update, loss="bpr-max", dropout_p_embed=0.2)
+                                      table_update=table_update, loss=loss, dropout_p_embed=0.2)
         runs[table_update] = training.fit(sessions, model_config, config, log=lambda s: None)
     (rows_state, rows_history), (masked_state, masked_history) = runs["rows"], runs["masked"]
     assert rows_history[0].n_steps > 50  # several chunks: the workspace is rebuilt per chunk
@@ -157,6 +161,32 @@ def test_table_update_strategies_train_alike():
     for name in ("params", "table_acc", "table_vel"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                      getattr(rows_state, name), getattr(masked_state, name))
+
+
+def test_candidate_scores_gives_table_shaped_gradients():
+    """The output layer's scores, and their gradients summed per table row (duplicate candidates
+    add up, rows no candidate names get 0), against numpy."""
+    rng = np.random.default_rng(5)
+    n, h, b = 9, 4, 3
+    table, bias, output = (rng.normal(size=shape).astype(np.float32) for shape in ((n, h), (n,), (b, h)))
+    columns = np.array([2, 5, 2, 0, 8, 5, 5])
+
+    def objective(table, bias, output):
+        return jnp.sum(jnp.sin(training._candidate_scores(n, table, bias, jnp.asarray(columns), output)))
+
+    got = jax.grad(objective, argnums=(0, 1, 2))(table, bias, output)
+    scores = table[columns] @ output.T + bias[columns][:, None]
+    score_grads = np.cos(scores.astype(np.float64))
+    want_table, want_bias = np.zeros((n, h)), np.zeros(n)
+    for k, row in enumerate(columns):
+        want_table[row] += score_grads[k] @ output
+        want_bias[row] += score_grads[k].sum()
+    np.testing.assert_allclose(float(objective(table, bias, output)), np.sin(scores).sum(), rtol=1e-5)
+    np.testing.assert_allclose(got[0], want_table, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1], want_bias, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[2], score_grads.T @ table[columns], rtol=1e-4, atol=1e-5)
+    untouched = np.setdiff1d(np.arange(n), columns)
+    assert np.all(np.asarray(got[0])[untouched] == 0.0) and np.all(np.asarray(got[1])[untouched] == 0.0)
 
 
 def _tiny_chunk_inputs(n_items, units, **train_args):
