@@ -113,14 +113,23 @@ def _positive_score(scores, positive, axis):
     return jnp.sum(jnp.where(positive, scores, 0.0), axis=axis, keepdims=True)
 
 
+def _masked_exp(scores, mask, row_max):
+    """exp(r_j - shift) on the masked-in candidates, 0 elsewhere: a softmax before normalising."""
+    return jnp.where(mask, jnp.exp(jnp.where(mask, scores, row_max) - row_max), 0.0)
+
+
+def _softmax_basis(scores, mask, axis):
+    """The shift (largest masked-in score, 0 where none) and the exp-sum (1 where none) of a masked softmax."""
+    row_max = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=axis, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    total = jnp.sum(_masked_exp(scores, mask, row_max), axis=axis, keepdims=True)
+    return row_max, jnp.where(total > 0, total, 1.0)
+
+
 def _softmax_over(scores, mask, axis):
     """Softmax over the masked-in candidates only; all zeros where none is."""
-    masked = jnp.where(mask, scores, -jnp.inf)
-    row_max = jnp.max(masked, axis=axis, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), jax.lax.stop_gradient(row_max), 0.0)
-    exp = jnp.where(mask, jnp.exp(jnp.where(mask, scores, row_max) - row_max), 0.0)
-    total = jnp.sum(exp, axis=axis, keepdims=True)
-    return exp / jnp.where(total > 0, total, 1.0)
+    row_max, total = _softmax_basis(scores, mask, axis)
+    return _masked_exp(scores, mask, row_max) / total
 
 
 # Fused per-row cores with hand-written gradients. They compute exactly the
@@ -165,18 +174,6 @@ _cross_entropy_rows.defvjp(_cross_entropy_rows_fwd, _cross_entropy_rows_bwd)
 @_custom_vjp_over_axis
 def _cross_entropy_index_rows(axis, scores, label_index, valid):
     return _cross_entropy_index_rows_fwd(axis, scores, label_index, valid)[0]
-
-
-def _softmax_basis(scores, valid, axis):
-    """The shift (largest valid score, 0 where none) and the exp-sum (1 where none) of a masked softmax."""
-    row_max = jnp.max(jnp.where(valid, scores, -jnp.inf), axis=axis, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    total = jnp.sum(_masked_exp(scores, valid, row_max), axis=axis, keepdims=True)
-    return row_max, jnp.where(total > 0, total, 1.0)
-
-
-def _masked_exp(scores, valid, row_max):
-    return jnp.where(valid, jnp.exp(jnp.where(valid, scores, row_max) - row_max), 0.0)
 
 
 def _cross_entropy_index_rows_fwd(axis, scores, label_index, valid):
@@ -224,11 +221,6 @@ def _negative_softmax_basis(scores, positive, negative, axis):
     return finite(row_max), finite(target)
 
 
-def _negative_exp(scores, negative, row_max):
-    """exp(r_j - shift) on the negatives, 0 elsewhere: the softmax over the negatives before normalising."""
-    return jnp.where(negative, jnp.exp(jnp.where(negative, scores, row_max) - row_max), 0.0)
-
-
 # BPR-max and TOP1-max: the forward pass computes, besides the loss, the one sum
 # the backward pass needs; the backward pass recomputes the elementwise terms
 # (cheaper than keeping them) and has no reduction of its own.
@@ -241,7 +233,7 @@ def _bpr_max_rows(axis, scores, positive, negative, bpreg):
 
 def _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg):
     row_max, target = _negative_softmax_basis(scores, positive, negative, axis)
-    e, sig = _negative_exp(scores, negative, row_max), jax.nn.sigmoid(target - scores)
+    e, sig = _masked_exp(scores, negative, row_max), jax.nn.sigmoid(target - scores)
     # With w = e / total: ranking = sum w sig, regulariser = sum w r^2, slope = sum w sig (1 - sig).
     total, e_sig, e_square, e_slope = _reduce_stacked(
         jnp.sum, [e, e * sig, e * jnp.square(scores), e * sig * (1.0 - sig)], axis)
@@ -254,7 +246,7 @@ def _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg):
 
 def _bpr_max_rows_bwd(axis, residuals, g):
     scores, positive, negative, row_max, target, total, ranking, regulariser, slope, bpreg = residuals
-    w = _negative_exp(scores, negative, row_max) / total
+    w = _masked_exp(scores, negative, row_max) / total
     sig = jax.nn.sigmoid(target - scores)
     inv = 1.0 / (ranking + _LOG_EPS)
     # d ranking / d r_j = w_j (sig_j - ranking) - w_j sig_j (1 - sig_j); d reg / d r_j = w_j (r_j^2 - reg) + 2 w_j r_j;
@@ -281,7 +273,7 @@ def _top1_max_terms(scores, target):
 
 def _top1_max_rows_fwd(axis, scores, positive, negative):
     row_max, target = _negative_softmax_basis(scores, positive, negative, axis)
-    e = _negative_exp(scores, negative, row_max)
+    e = _masked_exp(scores, negative, row_max)
     above, _, terms = _top1_max_terms(scores, target)
     # With w = e / total: the loss sum w (above + square) and slope = sum w above (1 - above).
     total, e_terms, e_slope = _reduce_stacked(jnp.sum, [e, e * terms, e * above * (1.0 - above)], axis)
@@ -292,7 +284,7 @@ def _top1_max_rows_fwd(axis, scores, positive, negative):
 
 def _top1_max_rows_bwd(axis, residuals, g):
     scores, positive, negative, row_max, target, total, per_row, slope = residuals
-    w = _negative_exp(scores, negative, row_max) / total
+    w = _masked_exp(scores, negative, row_max) / total
     above, square, terms = _top1_max_terms(scores, target)
     # d/dr_j of w_j * sigmoid(r_j - r_+) with w fixed is w_j above_j (1 - above_j); summed, minus that is d/dr_+.
     d_neg = w * (terms - per_row) + w * above * (1.0 - above) + 2.0 * scores * w * square * (1.0 - square)
