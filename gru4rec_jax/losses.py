@@ -84,15 +84,19 @@ def gru4rec_labels(num_rows: int, num_columns: int) -> jax.Array:
     return jnp.eye(num_rows, num_columns, dtype=jnp.bool_)
 
 
-def _prepare(scores, labels, where):
+def _masked_scores(scores, where):
+    """The scores with masked-out entries zeroed, and the mask (``where`` broadcast, all True if None)."""
     scores = jnp.asarray(scores)
-    positive = jnp.asarray(labels) > 0
     valid = jnp.ones(scores.shape, jnp.bool_) if where is None else jnp.broadcast_to(where, scores.shape)
-    positive = positive & valid
-    negative = valid & ~positive
     # Masked-out entries may hold anything (huge values, inf): zero them so that
     # no arithmetic on them can overflow into the loss or its gradient.
-    return jnp.where(valid, scores, 0.0), positive, negative
+    return jnp.where(valid, scores, 0.0), valid
+
+
+def _prepare(scores, labels, where):
+    scores, valid = _masked_scores(scores, where)
+    positive = (jnp.asarray(labels) > 0) & valid
+    return scores, positive, valid & ~positive
 
 
 def _reduce(per_row, row_valid, weights, reduce_fn):
@@ -182,6 +186,8 @@ def _cross_entropy_index_rows_fwd(axis, scores, label_index, valid):
     label_valid = at_label(valid)
     label_prob = _masked_exp(at_label(scores), label_valid, row_max) / total
     per_row = jnp.where(label_valid, -jnp.log(label_prob + _LOG_EPS), 0.0)
+    # label_prob is already 0 where the label is masked out; the select stays because it sets how
+    # XLA fuses and rounds the backward pass (without it training rounds, and so diverges, differently).
     residuals = (scores, label_index, valid, row_max, total, jnp.where(label_valid, label_prob, 0.0))
     return jnp.squeeze(per_row, axis), residuals
 
@@ -336,13 +342,11 @@ def cross_entropy_loss_with_integer_labels(
     >>> round(float(cross_entropy_loss_with_integer_labels(jnp.array([[0.0, 0.0]]), jnp.array([0]))), 4)
     0.6931
     """
-    scores = jnp.asarray(scores)
-    valid = jnp.ones(scores.shape, jnp.bool_) if where is None else jnp.broadcast_to(where, scores.shape)
-    num_candidates = scores.shape[axis]
+    scores, valid = _masked_scores(scores, where)
     label_index = jnp.expand_dims(jnp.asarray(labels, jnp.int32), axis)
-    in_range = (label_index >= 0) & (label_index < num_candidates)
+    in_range = (label_index >= 0) & (label_index < scores.shape[axis])
     label_index = jnp.where(in_range, label_index, 0)
-    per_row = _cross_entropy_index_rows(axis, jnp.where(valid, scores, 0.0), label_index, valid)
+    per_row = _cross_entropy_index_rows(axis, scores, label_index, valid)
     row_valid = jnp.squeeze(in_range & jnp.take_along_axis(valid, label_index, axis=axis), axis)
     return _reduce(per_row, row_valid, weights, reduce_fn)
 
