@@ -222,16 +222,20 @@ def test_cpu_chunk_hands_products_to_ynnpack_only_for_wide_layers(units, ynnpack
     assert ("__ynn_fusion" in hlo) == ynnpack
 
 
-def test_compiled_chunk_updates_optimizer_state_in_place():
+@pytest.mark.parametrize("table_update", ["rows", "masked"])
+def test_compiled_chunk_updates_optimizer_state_in_place(table_update):
     """Guards the in-place updates of the scan-carried state: XLA copies a carried buffer each step
-    when a value is read after its buffer is overwritten. The item-sized deduplication workspace
-    must never be copied, and at most a few dense weights (read by the input rows' gradient) may
-    be: not every accumulator and velocity, as before optimizer.adagrad_momentum_step."""
-    n_items = 101
-    model_config, config, state, args = _tiny_chunk_inputs(n_items, 6, momentum=0.5, table_update="rows")
+    when a value is read after its buffer is overwritten. No item table, its accumulator or
+    velocity, nor the item-sized deduplication workspace (rows) may ever be copied, on either
+    update path (masked: the output table's gradient comes table-shaped from one product); at
+    most a few dense weights (read by the input rows' gradient) may be: not every accumulator
+    and velocity, as before optimizer.adagrad_momentum_step."""
+    n_items, units = 101, 6
+    model_config, config, state, args = _tiny_chunk_inputs(n_items, units, momentum=0.5, table_update=table_update)
     hlo = training.compile_train_chunk(training.make_train_chunk(model_config, config), state, *args).as_text()
     copied = re.findall(r"= (\w+\[[\d,]*\])\{[^}]*\} copy\(", hlo)
-    assert f"s32[{n_items + 1}]" not in copied
+    for item_sized in (f"s32[{n_items + 1}]", f"f32[{n_items},{units}]", f"f32[{n_items}]"):
+        assert item_sized not in copied, copied
     layer_shapes = {f"f32[{','.join(map(str, leaf.shape))}]" for leaf in jax.tree.leaves(state.params["layers"])}
     n_layer_leaves = len(jax.tree.leaves(state.params["layers"]))
     assert sum(shape in layer_shapes for shape in copied) < n_layer_leaves, copied
