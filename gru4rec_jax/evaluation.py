@@ -46,23 +46,42 @@ __all__ = ["EVAL_MODES", "rank_of_target", "evaluate"]
 EVAL_MODES = ("standard", "conservative", "median")
 
 
-def rank_of_target(scores: jax.Array, targets: jax.Array, mode: str) -> jax.Array:
-    """Rank (1 = best) of each row's target among all columns of ``scores`` (B, n)."""
+def rank_of_target(scores: jax.Array, targets: jax.Array, mode: str, *, count_with_product: bool = False) -> jax.Array:
+    """Rank (1 = best) of each row's target among all columns of ``scores`` (B, n).
+
+    ``count_with_product``: count the columns above the target with a
+    matrix-vector product instead of a reduction (see :func:`_tie_counts`;
+    the same ranks, faster on CPU).
+    """
     target_score = jnp.take_along_axis(scores, targets[:, None], axis=1)[:, 0]
-    return _ranks_of_counts(_tie_counts(scores, target_score, mode), mode)
+    return _ranks_of_counts(_tie_counts(scores, target_score, mode, with_product=count_with_product), mode)
 
 
-def _tie_counts(scores, target_score, mode: str, valid=None) -> tuple:
+# Counts of 0/1 summed in float32 are exact up to 2**24 columns.
+_MAX_PRODUCT_COUNT_COLUMNS = 1 << 24
+
+
+def _tie_counts(scores, target_score, mode: str, valid=None, *, with_product: bool = False) -> tuple:
     """Per row of ``scores``, the counts that the rank under ``mode`` needs:
     ``(#greater,)`` (standard), ``(#greater or equal,)`` (conservative) or
     ``(#greater, #equal)`` (median). One pass over the scores but for median:
     on CPU that pass costs about as much as the product of the scores, and
     counting both for every mode made evaluation a third slower.
     Counts add up over blocks of items. ``valid`` masks columns out.
+
+    ``with_product``: count as (hits as 0/1 floats) @ ones, exact up to 2**24
+    columns (wider score matrices are reduced). XLA:CPU splits a reduction
+    over more than 32 elements into reduce-window passes that do not fuse
+    with the comparison; the product evaluated 11-13% faster on CPU at 40k and
+    1M items (h 100, 512 lanes; as fast at 3,000).
     """
+    with_product = with_product and scores.shape[1] <= _MAX_PRODUCT_COUNT_COLUMNS
 
     def count(hit):
-        return jnp.sum(hit if valid is None else hit & valid, axis=1, dtype=jnp.int32)
+        hit = hit if valid is None else hit & valid
+        if with_product:
+            return (hit.astype(jnp.float32) @ jnp.ones((hit.shape[1],), jnp.float32)).astype(jnp.int32)
+        return jnp.sum(hit, axis=1, dtype=jnp.int32)
 
     target_score = target_score[:, None]
     if mode == "standard":
@@ -91,7 +110,7 @@ def _ranks_of_counts(counts: tuple, mode: str) -> jax.Array:
     raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
 
 
-def _ranks_by_blocks(output, targets, tables, mode, item_block):
+def _ranks_by_blocks(output, targets, tables, mode, item_block, count_with_product):
     """Ranks of ``targets`` (B,) among all items for ``output`` (B, h).
 
     Catalogues of up to ``item_block`` items are scored in one product. Larger
@@ -104,7 +123,7 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block):
     wy, by = tables["Wy"], tables["By"]
     n, h = wy.shape
     if n <= item_block:
-        return rank_of_target(output @ wy.T + by, targets, mode)
+        return rank_of_target(output @ wy.T + by, targets, mode, count_with_product=count_with_product)
 
     n_full = n // item_block
     blocks = [(jnp.arange(n_full) * item_block, item_block)]
@@ -123,7 +142,8 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block):
         return acc + jnp.where(inside, picked, 0.0)
 
     def count(acc, start, size, target_score):
-        return jax.tree.map(jnp.add, acc, _tie_counts(scores_of(start, size), target_score, mode))
+        counts = _tie_counts(scores_of(start, size), target_score, mode, with_product=count_with_product)
+        return jax.tree.map(jnp.add, acc, counts)
 
     target_score = jnp.zeros(targets.shape, output.dtype)
     for starts, size in blocks:
@@ -138,7 +158,7 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block):
     return _ranks_of_counts(totals, mode)
 
 
-def target_counts_sharded(output, targets, tables, n_items, item_block, mesh, mode):
+def target_counts_sharded(output, targets, tables, n_items, item_block, mesh, mode, count_with_product=False):
     """The :func:`_tie_counts` of ``mode`` over the first ``n_items`` rows of
     item tables sharded by rows over ``mesh``'s ``items`` axis; lanes over ``data``.
 
@@ -179,7 +199,8 @@ def target_counts_sharded(output, targets, tables, n_items, item_block, mesh, mo
             s, new_from = block
             rows = s + jnp.arange(size)
             valid = ((rows >= new_from) & (start + rows < n_items))[None, :]
-            return jax.tree.map(jnp.add, acc, _tie_counts(scores_of(s), target_score, mode, valid)), None
+            counts = _tie_counts(scores_of(s), target_score, mode, valid, with_product=count_with_product)
+            return jax.tree.map(jnp.add, acc, counts), None
 
         zeros = _zero_counts(targets.shape[0], mode)
         counts, _ = jax.lax.scan(count, zeros, (starts, first_new))
@@ -194,8 +215,10 @@ def target_counts_sharded(output, targets, tables, n_items, item_block, mesh, mo
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model_config", "cutoffs", "mode", "item_block", "reset_flag", "mesh"))
-def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag, mesh=None):
+    jax.jit,
+    static_argnames=("model_config", "cutoffs", "mode", "item_block", "count_with_product", "reset_flag", "mesh"))
+def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_block, count_with_product, reset_flag,
+                    mesh=None):
     # Per-chunk sums stay small enough for exact float32 counts; the host adds them in float64.
     cutoff_array = jnp.asarray(cutoffs, jnp.float32)
     net = networks.network_for(model_config, reset_flag=reset_flag)
@@ -214,10 +237,10 @@ def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_blo
             hidden = net.begin(params["layers"], hidden, {name: batch[name] for name in net.flags}, None)
             output, hidden = net.forward(params["layers"], input_rows(inputs), hidden, None)
             if mesh is None:
-                ranks = _ranks_by_blocks(output, targets, params["tables"], mode, item_block)
+                ranks = _ranks_by_blocks(output, targets, params["tables"], mode, item_block, count_with_product)
             else:
                 counts = target_counts_sharded(
-                    output, targets, params["tables"], net.items.n_items, item_block, mesh, mode)
+                    output, targets, params["tables"], net.items.n_items, item_block, mesh, mode, count_with_product)
                 ranks = _ranks_of_counts(counts, mode)
             hit = (ranks[:, None] <= cutoff_array[None, :]) & scored[:, None]
             recall = jnp.sum(hit, axis=0, dtype=jnp.float32)
@@ -277,8 +300,12 @@ def evaluate(
     """
     if mode not in EVAL_MODES:
         raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
+    on_cpu = sharding_lib.platform(mesh) == "cpu"
     if item_block is None:
-        item_block = CPU_ITEM_BLOCK if sharding_lib.platform(mesh) == "cpu" else ACCELERATOR_ITEM_BLOCK
+        item_block = CPU_ITEM_BLOCK if on_cpu else ACCELERATOR_ITEM_BLOCK
+    # On accelerators XLA fuses the comparison into the reduction that counts (one read of the
+    # scores); the product would write the hits out and read them back.
+    count_with_product = on_cpu
     cutoffs = tuple(int(c) for c in cutoffs)
     if not cutoffs or min(cutoffs) < 1:
         raise ValueError(f"cut-offs must be positive integers, got {cutoffs}")
@@ -306,7 +333,7 @@ def evaluate(
     for c in range(chunks["inputs"].shape[0]):
         chunk = place({name: array[c] for name, array in chunks.items()})
         hidden, sums = _evaluate_chunk(
-            params, hidden, chunk, model_config, cutoffs, mode, item_block, reset_flag,
+            params, hidden, chunk, model_config, cutoffs, mode, item_block, count_with_product, reset_flag,
             **({} if mesh is None else {"mesh": mesh}))
         chunk_totals.append(sums)
     totals = np.sum([np.asarray(t, np.float64) for t in chunk_totals], axis=0) / n_events

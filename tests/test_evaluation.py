@@ -86,6 +86,42 @@ def test_tie_rules_and_cutoff_boundary():
     assert float(evaluation.rank_of_target(scores, target, "standard")[0]) == 1.0
     assert float(evaluation.rank_of_target(scores, target, "conservative")[0]) == 3.0
     assert float(evaluation.rank_of_target(scores, target, "median")[0]) == 2.0
+    for mode in evaluation.EVAL_MODES:
+        assert evaluation.rank_of_target(scores, target, mode, count_with_product=True) == \
+            evaluation.rank_of_target(scores, target, mode)
+
+
+@pytest.mark.parametrize("mode", evaluation.EVAL_MODES)
+@pytest.mark.parametrize("with_product", [False, True])
+def test_tie_counts_match_numpy(mode, with_product):
+    """Both ways of counting (a reduction; 0/1 hits times ones, used on CPU) give numpy's counts,
+    with many exact ties and a column mask, over more columns than a float32 mantissa's 8 bits."""
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, (7, 3000)).astype(np.float32)  # few distinct values: ties everywhere
+    target_score = scores[np.arange(7), rng.integers(0, 3000, 7)]
+    valid = rng.random((1, 3000)) < 0.9
+    got = evaluation._tie_counts(jax.numpy.asarray(scores), jax.numpy.asarray(target_score), mode,
+                                 jax.numpy.asarray(valid), with_product=with_product)
+    greater = ((scores > target_score[:, None]) & valid).sum(1)
+    equal = ((scores == target_score[:, None]) & valid).sum(1)
+    want = {"standard": (greater,), "conservative": (greater + equal,), "median": (greater, equal)}[mode]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == jax.numpy.int32
+        np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_product_counts_fall_back_to_a_reduction_past_exact_float32_sums(monkeypatch):
+    """0/1 sums in float32 are exact only up to 2**24 columns: wider score matrices are reduced."""
+    scores, target = jax.numpy.ones((2, 8)), jax.numpy.zeros((2,))
+
+    def uses_product():
+        jaxpr = jax.make_jaxpr(lambda s, t: evaluation._tie_counts(s, t, "standard", with_product=True))(scores, target)
+        return "dot_general" in str(jaxpr)
+
+    assert uses_product()
+    monkeypatch.setattr(evaluation, "_MAX_PRODUCT_COUNT_COLUMNS", 7)
+    assert not uses_product()
 
 
 def test_recall_counts_rank_equal_to_cutoff():
