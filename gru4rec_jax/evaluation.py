@@ -26,6 +26,7 @@ of the sharded tables are masked out.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional, Sequence, Union
 
@@ -41,7 +42,7 @@ from gru4rec_jax.batching import pad_into_chunks, session_parallel_schedule
 from gru4rec_jax.data import Sessions
 from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
 
-__all__ = ["EVAL_MODES", "rank_of_target", "evaluate"]
+__all__ = ["EVAL_MODES", "rank_of_target", "fold_input_product", "evaluate"]
 
 EVAL_MODES = ("standard", "conservative", "median")
 
@@ -214,6 +215,29 @@ def target_counts_sharded(output, targets, tables, n_items, item_block, mesh, mo
     )(output, targets, tables["Wy"], tables["By"])
 
 
+_matmul = jax.jit(jnp.matmul)
+
+
+def fold_input_product(params: dict, model_config: model_lib.ModelConfig) -> tuple[dict, model_lib.ModelConfig]:
+    """The same GRU4Rec network in its one-hot form, for inference: every item's
+    first-layer input product ``embedding @ Wx`` computed once, as the table ``Wx0``.
+
+    A step then looks up its inputs' products instead of multiplying its (B, d)
+    input rows by the (d, 3h) ``Wx``: worth it once the steps have run more
+    input rows than there are items. Its outputs are the same up to the products'
+    rounding. The new table has 3h columns per item (the shared embedding ``Wy``
+    stays for scoring; a separate ``E`` goes). A one-hot model comes back as it is.
+    """
+    if model_config.embedding == "onehot":
+        return params, model_config
+    first, *rest = params["layers"]
+    tables = {name: table for name, table in params["tables"].items() if name != "E"}
+    tables["Wx0"] = _matmul(params["tables"]["Wy" if model_config.embedding == "shared" else "E"], first["Wx"])
+    layers = [{name: w for name, w in first.items() if name != "Wx"}, *rest]
+    return {**params, "tables": tables, "layers": layers}, dataclasses.replace(
+        model_config, embedding="onehot", embedding_dim=0)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("model_config", "cutoffs", "mode", "item_block", "count_with_product", "reset_flag", "mesh"))
@@ -284,7 +308,10 @@ def evaluate(
 
     Catalogues of up to ``item_block`` items are scored in one product per
     step ((batch_size x item_block) floats); larger ones take two passes over
-    item blocks (see :func:`_ranks_by_blocks`), about twice the compute.
+    item blocks (see :func:`_ranks_by_blocks`), about twice the compute. A
+    GRU4Rec model over a catalogue of up to ``item_block`` items, with fewer
+    items than the evaluation's steps x ``batch_size``, runs in the form of
+    :func:`fold_input_product` (the same values up to the products' rounding).
     ``None``: :data:`CPU_ITEM_BLOCK` items on CPU, :data:`ACCELERATOR_ITEM_BLOCK`
     on GPU and TPU.
 
@@ -319,6 +346,12 @@ def evaluate(
     n_events = int(scored.sum())
     if n_events == 0:
         raise ValueError("the test data has no session with 2 or more known events")
+    # Every item's first-layer input product computed once is less work than each step's, where the
+    # catalogue has fewer items than the evaluation runs input rows; only up to one item block, which
+    # bounds the folded (n, 3h) table's memory.
+    if (mesh is None and isinstance(model_config, model_lib.ModelConfig)
+            and model_config.n_items <= min(item_block, schedule.n_steps * batch_size)):
+        params, model_config = fold_input_product(params, model_config)
     net = networks.network_for(model_config, reset_flag=reset_flag)
     arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
     chunks = pad_into_chunks({**arrays, "scored": scored}, min(chunk_steps, schedule.n_steps))

@@ -183,3 +183,48 @@ def test_exact_ties_follow_the_tie_rules(item_block):
     for m in evaluation.EVAL_MODES:
         assert results[m]["mrr@6"] == pytest.approx(want[m]["mrr@6"], abs=1e-6), m
     assert results["conservative"]["mrr@6"] < results["median"]["mrr@6"] < results["standard"]["mrr@6"]
+
+
+@pytest.mark.parametrize("embedding", ["shared", "separate", "onehot"])
+def test_folded_input_product_runs_the_same_network(embedding):
+    """The one-hot form with every item's first-layer input product precomputed (evaluation's
+    shortcut for small catalogues) gives the original network's outputs and states."""
+    config = model.ModelConfig(n_items=30, layers=(8, 6), embedding=embedding,
+                               embedding_dim=5 if embedding == "separate" else 0)
+    params = model.init_params(jax.random.PRNGKey(4), config)
+    folded, folded_config = evaluation.fold_input_product(params, config)
+    assert folded_config.embedding == "onehot" and folded_config.layers == config.layers
+    if embedding == "onehot":
+        assert folded is params
+    else:
+        assert "Wx" not in folded["layers"][0] and "E" not in folded["tables"]
+        assert folded["tables"]["Wx0"].shape == (30, 24)
+    items = jax.numpy.asarray([0, 7, 29, 7])
+    hidden = [jax.random.normal(jax.random.PRNGKey(h), (4, h)) for h in config.layers]
+    want = model.forward_step(params["layers"], model.embed_inputs(params["tables"], items, config), hidden, config)
+    got = model.forward_step(folded["layers"], model.embed_inputs(folded["tables"], items, folded_config), hidden,
+                             folded_config)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("embedding", ["shared", "separate"])
+def test_evaluation_folds_small_catalogues_without_changing_metrics(setup, embedding, monkeypatch):
+    """evaluate() folds the input product when the catalogue fits one item block and has fewer
+    items than the evaluation has input rows, and not otherwise; the metrics stay the same."""
+    _, _, lists = setup
+    config = model.ModelConfig(n_items=40, layers=(8,), embedding=embedding,
+                               embedding_dim=6 if embedding == "separate" else 0)
+    params = model.init_params(jax.random.PRNGKey(5), config)
+    params["tables"]["Wy"] = params["tables"]["Wy"] * 5
+    folds = []
+    original = evaluation.fold_input_product
+    monkeypatch.setattr(evaluation, "fold_input_product", lambda p, c: folds.append(c) or original(p, c))
+    kwargs = dict(cutoffs=(1, 5, 20), mode="median")
+    folded = evaluation.evaluate(params, config, _sessions(lists), batch_size=4, **kwargs)
+    assert len(folds) == 1
+    blocked = evaluation.evaluate(params, config, _sessions(lists), batch_size=4, item_block=39, **kwargs)
+    assert len(folds) == 1  # 39-item blocks
+    evaluation.evaluate(params, config, _sessions([[1, 2, 3], [4, 5]]), batch_size=2, **kwargs)
+    assert len(folds) == 1  # 2 lanes x 2 steps: 4 input rows for 40 items
+    assert folded == pytest.approx(blocked, abs=1e-9)
