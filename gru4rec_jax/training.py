@@ -180,7 +180,10 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
         strategy=config.table_update,
     )
     input_table = {"shared": "Wy", "separate": "E", "onehot": "Wx0"}[net.items.embedding]
-    labels = jnp.arange(B) if integer_labels else losses_lib.gru4rec_labels(B, B + S).T
+    candidates_first = _candidates_first(mesh)
+    candidates_axis = 0 if candidates_first else 1
+    labels = jnp.arange(B) if integer_labels else losses_lib.gru4rec_labels(B, B + S)
+    labels = labels.T if candidates_first and not integer_labels else labels
     use_logq = config.loss == "cross-entropy" and config.logq > 0
     n_items = net.items.n_items
     # Where the output table's update is the masked one (a catalogue within a
@@ -193,21 +196,20 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
     def objective(layers, input_rows, output_rows, output_bias, hidden, flags, where, columns, masks, log_support):
         hidden = net.begin(layers, hidden, flags, masks)
         output, new_hidden = net.forward(layers, input_rows, hidden, masks)
-        # The (M+S, M) transpose of the paper's score matrix, the candidates on
-        # axis 0: the three products of this layer (scores, and the gradients of
-        # ``output`` and ``output_rows``) then have the long candidate dimension
-        # outermost. On the 2-core CPU that made them a quarter faster together
-        # at B 32, h 100 (no change at B 80, h 224); the loss is the same.
+        # Scores of the M+S candidates (rows of ``output_rows``) for the M lanes,
+        # on CPU as the (M+S, M) transpose of the paper's score matrix (see
+        # _candidates_first), elsewhere as the paper's (M, M+S) matrix.
         if dense_output_grads:  # output_rows and output_bias are the whole tables
             scores = _candidate_scores(n_items, output_rows, output_bias, columns, output)
         else:
             scores = output_rows @ output.T + output_bias[:, None]
+        if not candidates_first:
+            scores, where = scores.T, where.T
         scores = activation(scores)
         if use_logq:
-            scores = scores - sampling.logq_correction(
-                log_support, columns, B, config.logq, config.sample_alpha
-            )[:, None]
-        loss = loss_fn(scores, labels, where=where, reduce_fn=jnp.sum, axis=0, **loss_params)
+            correction = sampling.logq_correction(log_support, columns, B, config.logq, config.sample_alpha)
+            scores = scores - jnp.expand_dims(correction, 1 - candidates_axis)
+        loss = loss_fn(scores, labels, where=where, reduce_fn=jnp.sum, axis=candidates_axis, **loss_params)
         # The reference divides by the nominal batch size, not the active lanes.
         return loss / B, new_hidden
 
@@ -340,6 +342,22 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
         sharding_lib.replicated(mesh),
     )
     return jax.jit(train_chunk, donate_argnums=(0, 1), out_shardings=out_shardings)
+
+
+def _candidates_first(mesh: Optional[Mesh]) -> bool:
+    """Whether the training step scores its candidates as the (M+S, M) transpose of the paper's matrix.
+
+    On CPU: the three products of the output layer (scores, and the gradients
+    of the outputs and of the candidate rows) then have the long candidate
+    dimension outermost, which on the 2-core CPU made them a quarter faster
+    together at B 32, h 100 (no change at B 80, h 224). Not on GPUs: there the
+    losses' reductions over the candidates, then over the major axis of a
+    matrix only M columns wide, were slow (H200, BPR-max set at 2,933 items:
+    two such reductions took 80 of the step's 236 us, and the loss with its
+    gradient took 46 us against 16-22 us over the minor axis). The loss is the
+    same either way.
+    """
+    return sharding_lib.platform(mesh) == "cpu"
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -75,14 +75,17 @@ def _dense_reference_step(params, inputs, targets, active, batch_size, lr, mu):
     return out, touched
 
 
+@pytest.mark.parametrize("candidates_first", [True, False])
 @pytest.mark.parametrize("table_update", ["rows", "masked"])
 @pytest.mark.parametrize("active", [[True] * 5, [True, False, True, True, False]])
-def test_one_step_equals_dense_reference(active, table_update):
+def test_one_step_equals_dense_reference(active, table_update, candidates_first, monkeypatch):
     """Sparse row gradients + row-sparse Adagrad == dense gradients applied on touched rows.
 
     Inputs and targets repeat items (duplicate rows are summed before squaring),
     an item is both an input and a target, and inactive lanes touch nothing.
+    Both score layouts (CPU's candidates-first, the accelerators' lanes-first).
     """
+    monkeypatch.setattr(training, "_candidates_first", lambda mesh: candidates_first)
     n, b = 12, 5
     model_config = model.ModelConfig(n_items=n, layers=(6,))
     config = training.TrainConfig(batch_size=b, n_sample=0, learning_rate=0.1, momentum=0.3,
@@ -161,6 +164,27 @@ def test_table_update_strategies_train_alike(loss, embedding):
     for name in ("params", "table_acc", "table_vel"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                      getattr(rows_state, name), getattr(masked_state, name))
+
+
+@pytest.mark.parametrize("table_update", ["rows", "masked"])
+@pytest.mark.parametrize("loss,extra", [("cross-entropy", {"logq": 1.0}), ("bpr-max", {"bpreg": 1.5}),
+                                        ("top1-max", {}), ("top1", {}), ("bpr", {})])
+def test_score_layouts_train_alike(loss, extra, table_update, monkeypatch):
+    """The accelerators' (M, M+S) score matrix and CPU's (M+S, M) transpose give the same
+    epoch for every loss (with samples, logQ, padded lanes), row and masked table updates."""
+    sessions, n = _toy_sessions(seed=5)
+    model_config = model.ModelConfig(n_items=n, layers=(8,))
+    config = training.TrainConfig(batch_size=4, n_sample=6, n_epochs=1, momentum=0.3, chunk_steps=40,
+                                  table_update=table_update, loss=loss, **extra)
+    runs = []
+    for candidates_first in (True, False):
+        monkeypatch.setattr(training, "_candidates_first", lambda mesh: candidates_first)
+        runs.append(training.fit(sessions, model_config, config, log=lambda s: None))
+    (first_state, first_history), (last_state, last_history) = runs
+    assert first_history[0].loss == pytest.approx(last_history[0].loss, rel=1e-5)
+    for name in ("params", "table_acc", "table_vel"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                     getattr(first_state, name), getattr(last_state, name))
 
 
 def test_candidate_scores_gives_table_shaped_gradients():
