@@ -74,6 +74,14 @@ def pad_into_chunks(arrays: dict[str, np.ndarray], chunk_steps: int) -> dict[str
     return out
 
 
+# assign_lanes goes step by step (one round of numpy over the lanes per step at
+# which lanes free up) where a step hands out at least this many units on
+# average, else unit by unit (a heap operation per unit). On the 2-core CPU the
+# two cross near 25-40 units per step: 5,000 sessions of 4 steps on 512 lanes
+# (an evaluation's) took 0.5 against 3.6 ms, 25,000 on 32 lanes 34 against 15 ms.
+STEP_ROUNDS_FROM_UNITS_PER_STEP = 32
+
+
 def assign_lanes(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(lane, first step) of each unit of work (a session, or a user's sessions).
 
@@ -81,13 +89,46 @@ def assign_lanes(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np
     lane index on ties: exactly the reference iterator's rule. A unit of zero
     steps takes no time, so its lane takes the next unit at the same step.
     """
+    durations = np.asarray(durations, np.int64)
+    if len(durations) * batch_size >= STEP_ROUNDS_FROM_UNITS_PER_STEP * max(int(durations.sum()), 1):
+        return _assign_lanes_by_step(durations, batch_size)
+    return _assign_lanes_by_unit(durations, batch_size)
+
+
+def _assign_lanes_by_unit(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     lane_of = np.empty(len(durations), np.int64)
     start_of = np.empty(len(durations), np.int64)
     free = [(0, lane) for lane in range(batch_size)]
-    for unit, steps in enumerate(np.asarray(durations).tolist()):
+    for unit, steps in enumerate(durations.tolist()):
         t, lane = heapq.heappop(free)
         lane_of[unit], start_of[unit] = lane, t
         heapq.heappush(free, (t + steps, lane))
+    return lane_of, start_of
+
+
+def _assign_lanes_by_step(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same assignment, one round per step at which lanes free up: those lanes,
+    in index order, take the next units with steps, each with the zero-step units
+    just before its own (a lane that takes one at step t is free again at t)."""
+    n = len(durations)
+    lane_of = np.empty(n, np.int64)
+    start_of = np.empty(n, np.int64)
+    with_steps = np.flatnonzero(durations > 0)
+    free_at = np.zeros(batch_size, np.int64)
+    taken = next_with_steps = 0  # units assigned; units with steps among them
+    while next_with_steps < len(with_steps):
+        t = free_at.min()
+        lanes = np.flatnonzero(free_at == t)
+        k = min(len(lanes), len(with_steps) - next_with_steps)
+        units = with_steps[next_with_steps:next_with_steps + k]
+        end = units[-1] + 1
+        lane_of[taken:end] = np.repeat(lanes[:k], np.diff(units, prepend=taken - 1))
+        start_of[taken:end] = t
+        free_at[lanes[:k]] = t + durations[units]
+        taken, next_with_steps = end, next_with_steps + k
+    if taken < n:  # zero-step units after the last with steps: the first lane to free up takes them all
+        lane = np.argmin(free_at)
+        lane_of[taken:], start_of[taken:] = lane, free_at[lane]
     return lane_of, start_of
 
 

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from gru4rec_jax import batching
 from gru4rec_jax.batching import session_parallel_schedule
 from gru4rec_jax.data import ItemMap, Sessions, build_sessions, read_events
 
@@ -170,9 +171,12 @@ def test_batch_size_must_be_positive():
 # --------------------------------------------------------------------------- random cases
 
 
+@pytest.mark.parametrize("by", ["unit", "step"])
 @pytest.mark.parametrize("seed", range(60))
-def test_matches_simulation_random(seed):
-    """Exact equality with the naive iterator on random lengths 1..8 and widths 1..7."""
+def test_matches_simulation_random(seed, by, monkeypatch):
+    """Exact equality with the naive iterator on random lengths 1..8 and widths 1..7, lanes
+    assigned unit by unit (a heap) and step by step (numpy rounds)."""
+    monkeypatch.setattr(batching, "STEP_ROUNDS_FROM_UNITS_PER_STEP", 0 if by == "step" else float("inf"))
     rng = np.random.default_rng(seed)
     n_sessions = int(rng.integers(1, 40))
     lengths = rng.integers(1, 9, size=n_sessions).tolist()
@@ -182,6 +186,24 @@ def test_matches_simulation_random(seed):
     # to be invisible with event ids.
     items = [rng.integers(0, 5, size=n).tolist() for n in lengths]
     check_against_simulation(items, batch_size)
+
+
+@pytest.mark.parametrize("by", ["unit", "step"])
+def test_assign_lanes_gives_each_unit_the_first_free_lane(by, monkeypatch):
+    """Each unit's (lane, first step), zero-step units included (the schedules never show
+    where those go), against a naive scan of the lanes' free times."""
+    monkeypatch.setattr(batching, "STEP_ROUNDS_FROM_UNITS_PER_STEP", 0 if by == "step" else float("inf"))
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        durations = rng.integers(0, int(rng.integers(1, 5)), size=int(rng.integers(0, 40)))
+        batch_size = int(rng.integers(1, 9))
+        free_at, want = [0] * batch_size, []
+        for steps in durations.tolist():
+            lane = min(range(batch_size), key=lambda b: (free_at[b], b))
+            want.append((lane, free_at[lane]))
+            free_at[lane] += steps
+        lane_of, start_of = batching.assign_lanes(durations, batch_size)
+        assert list(zip(lane_of.tolist(), start_of.tolist())) == want
 
 
 # --------------------------------------------------------------------------- real sample
@@ -207,6 +229,8 @@ def test_matches_simulation_real_sample(rsc15_train):
     # Steps per epoch ~ (events - sessions) / B plus the tail.
     assert (70278 - 17794) / 32 <= schedule.n_steps < (70278 - 17794) / 32 + 100
     check_against_simulation(event_id_sessions([len(s) for s in items]), 32)
+    # An evaluation's width: lanes assigned step by step (see batching.assign_lanes).
+    check_against_simulation(items, 512)
 
 
 # --------------------------------------------------------------------------- properties
