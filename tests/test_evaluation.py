@@ -156,6 +156,43 @@ def test_bad_arguments():
         evaluation.evaluate(params, config, _sessions([[0, 1]]), cutoffs=(0,))
     with pytest.raises(ValueError, match="2 or more"):
         evaluation.evaluate(params, config, _sessions([[0], [1]]))
+    with pytest.raises(ValueError, match="chunk_steps"):
+        evaluation.evaluate(params, config, _sessions([[0, 1]]), chunk_steps=0)
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+@pytest.mark.parametrize("chunk_steps", [1, 3, 5, 1000])
+def test_chunking_does_not_change_results(setup, chunk_steps, platform, monkeypatch):
+    """Equal chunks with padding steps at the end (run, never scored) give the reference's metrics,
+    also with the accelerators' settings (reduction counts, a loop unrolled over 4 steps)."""
+    monkeypatch.setattr(evaluation.sharding_lib, "platform", lambda mesh: platform)
+    config, params, lists = setup
+    want, n = reference_metrics(params, lists, (1, 5, 20), "median")
+    got = evaluation.evaluate(params, config, _sessions(lists), cutoffs=(1, 5, 20), mode="median",
+                              batch_size=3, chunk_steps=chunk_steps)
+    assert got["n_eval_events"] == n
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_default_item_block_is_one_product_within_the_score_budget(setup, monkeypatch):
+    """item_block=None: the whole catalogue in one product while a step's scores fit
+    ONE_PRODUCT_SCORE_BYTES, the platform's blocks (two passes) beyond; the same metrics."""
+    config, params, lists = setup
+    blocks = []
+    original = evaluation._ranks_by_blocks
+    monkeypatch.setattr(evaluation, "_ranks_by_blocks", lambda *a: blocks.append(a[4]) or original(*a))
+    monkeypatch.setattr(evaluation, "CPU_ITEM_BLOCK", 7)
+    monkeypatch.setattr(evaluation, "ACCELERATOR_ITEM_BLOCK", 7)
+    kwargs = dict(cutoffs=(1, 5, 20), mode="median", batch_size=4)
+    monkeypatch.setattr(evaluation, "ONE_PRODUCT_SCORE_BYTES", 4 * 40 * 4)  # 4 lanes x 40 items
+    one = evaluation.evaluate(params, config, _sessions(lists), **kwargs)
+    assert set(blocks) == {40}
+    blocks.clear()
+    monkeypatch.setattr(evaluation, "ONE_PRODUCT_SCORE_BYTES", 4 * 40 * 4 - 1)
+    blocked = evaluation.evaluate(params, config, _sessions(lists), **kwargs)
+    assert set(blocks) == {7}
+    assert one == pytest.approx(blocked, abs=1e-9)
 
 
 @pytest.mark.parametrize("item_block", [1, 7, 40, 41, 100000])
