@@ -15,9 +15,11 @@ subprocess so that peak memory is that configuration's own:
   step time of a bare (lanes x h) @ (h x n) product (median of up to 21 runs
   after warm-up runs) divided by the evaluation step time (>= 0.5 means
   evaluation runs at least at half the product's speed);
-- peak memory: device peak (GPU) or peak resident memory above the
-  process's baseline after JAX start-up (CPU), next to the bytes of the
-  parameters + optimizer state and of the on-device schedule.
+- peak memory of training (read before the evaluation starts) and of the
+  evaluation: device peak (GPU; it cannot be reset, so the evaluation's is the
+  larger of the two) or peak resident memory above the process's baseline
+  after JAX start-up (CPU, reset before the evaluation), next to the bytes of
+  the parameters + optimizer state and of the on-device schedule.
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ def _vm_hwm_bytes() -> int:
     except OSError:
         pass
     return _peak_rss_bytes()
+
+
+def _peak_bytes(device, baseline: int) -> tuple[int, str]:
+    """The device's peak bytes in use, or (CPU) the peak resident memory above ``baseline``."""
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"], "device"
+    return _vm_hwm_bytes() - baseline, "host RSS above baseline"
 
 
 def _median_seconds(fn, *, min_runs: int, max_runs: int, budget_seconds: float) -> float:
@@ -133,6 +143,8 @@ def run_one(config_name: str, n_items: int) -> dict:
             n_steps.append(int(stats[1]))
     train_eps = statistics.median(e / t for e, t in zip(events, times))
     train_mbs = statistics.median(s / t for s, t in zip(n_steps, times))
+    train_peak, peak_kind = _peak_bytes(device, baseline)
+    _reset_peak_rss()
 
     # Evaluation on fresh sessions of the same catalogue.
     test = synthetic.generate_sessions(max(FLAGS.eval_events // 4, 1), n_items, seed=1)
@@ -148,13 +160,8 @@ def run_one(config_name: str, n_items: int) -> dict:
     eval_schedule = batching.session_parallel_schedule(test, FLAGS.eval_batch_size)
     eval_step = eval_seconds / eval_schedule.n_steps
 
-    # Peak memory of training and evaluation, read before the bare product
-    # below allocates its own (lanes x n) output.
-    stats = device.memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        peak, peak_kind = stats["peak_bytes_in_use"], "device"
-    else:
-        peak, peak_kind = _vm_hwm_bytes() - baseline, "host RSS above baseline"
+    # Read before the bare product below allocates its own (lanes x n) output.
+    eval_peak, _ = _peak_bytes(device, baseline)
 
     x = jax.random.normal(jax.random.PRNGKey(2), (FLAGS.eval_batch_size, h))
     matmul = jax.jit(lambda x, w: x @ w.T)
@@ -171,8 +178,9 @@ def run_one(config_name: str, n_items: int) -> dict:
         "train_events_per_sec": train_eps, "train_batches_per_sec": train_mbs,
         "compile_seconds": compile_seconds, "eval_events_per_sec": result["n_eval_events"] / eval_seconds,
         "eval_over_matmul": matmul_step / eval_step,
-        "peak_bytes": peak, "peak_kind": peak_kind, "state_bytes": state_bytes, "data_bytes": data_bytes,
-        "peak_over_state_and_data": peak / (state_bytes + data_bytes),
+        "train_peak_bytes": train_peak, "eval_peak_bytes": eval_peak, "peak_kind": peak_kind,
+        "state_bytes": state_bytes, "data_bytes": data_bytes,
+        "train_peak_over_state_and_data": train_peak / (state_bytes + data_bytes),
     }
 
 
@@ -180,11 +188,12 @@ def _row(r: dict) -> str:
     mb = 1 << 20
     return (f"| {r['config']} | {r['items']:,} | {r['h']} | {r['batch_size']} | {r['train_events_per_sec']:,.0f} | "
             f"{r['train_batches_per_sec']:,.0f} | {r['compile_seconds']:.1f} | {r['eval_events_per_sec']:,.0f} | "
-            f"{r['eval_over_matmul']:.2f} | {r['peak_bytes'] / mb:,.0f} | {(r['state_bytes'] + r['data_bytes']) / mb:,.0f} |")
+            f"{r['eval_over_matmul']:.2f} | {r['train_peak_bytes'] / mb:,.0f} | {r['eval_peak_bytes'] / mb:,.0f} | "
+            f"{(r['state_bytes'] + r['data_bytes']) / mb:,.0f} |")
 
 
 HEADER = ("| config | items | h | B | train events/s | mini-batches/s | compile s | eval events/s | "
-          "eval/matmul | peak MiB | state+data MiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "eval/matmul | train peak MiB | eval peak MiB | state+data MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv):

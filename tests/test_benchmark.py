@@ -26,7 +26,7 @@ def test_benchmark_writes_one_measured_row_per_configuration_and_size(tmp_path):
         ("rsc15_xe", 50, 100, 32), ("rsc15_xe", 70, 100, 32)]
     for r in rows:
         for key in ("train_events_per_sec", "train_batches_per_sec", "compile_seconds", "eval_events_per_sec",
-                    "eval_over_matmul", "peak_bytes"):
+                    "eval_over_matmul", "train_peak_bytes", "eval_peak_bytes"):
             assert r[key] > 0, key
         # 32 lanes per step, every lane active in the timed chunks' full steps.
         assert r["train_events_per_sec"] / r["train_batches_per_sec"] == pytest.approx(32, rel=0.05)
