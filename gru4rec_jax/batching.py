@@ -21,7 +21,7 @@ import numpy as np
 
 from gru4rec_jax.data import Sessions
 
-__all__ = ["Schedule", "assign_lanes", "pad_into_chunks", "session_parallel_schedule"]
+__all__ = ["Schedule", "assign_lanes", "equal_chunk_steps", "pad_into_chunks", "session_parallel_schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,13 @@ class Schedule:
         training and evaluation loops, so one compiled chunk serves the whole epoch.
         """
         return pad_into_chunks({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, chunk_steps)
+
+
+def equal_chunk_steps(n_steps: int, max_chunk_steps: int) -> int:
+    """Steps per chunk that split ``n_steps >= 1`` into equal chunks of at most
+    ``max_chunk_steps``: the fewest padding steps in the last one."""
+    n_chunks = -(-n_steps // max_chunk_steps)
+    return -(-n_steps // n_chunks)
 
 
 def pad_into_chunks(arrays: dict[str, np.ndarray], chunk_steps: int) -> dict[str, np.ndarray]:

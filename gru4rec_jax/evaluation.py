@@ -40,7 +40,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from gru4rec_jax import model as model_lib
 from gru4rec_jax import networks
 from gru4rec_jax import sharding as sharding_lib
-from gru4rec_jax.batching import pad_into_chunks, session_parallel_schedule
+from gru4rec_jax.batching import equal_chunk_steps, pad_into_chunks, session_parallel_schedule
 from gru4rec_jax.data import Sessions
 from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
 
@@ -372,9 +372,7 @@ def evaluate(
         params, model_config = fold_input_product(params, model_config)
     net = networks.network_for(model_config, reset_flag=reset_flag)
     arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
-    # Equal chunks of at most chunk_steps steps: the fewest padding steps.
-    n_chunks = -(-schedule.n_steps // chunk_steps)
-    chunks = pad_into_chunks({**arrays, "scored": scored}, -(-schedule.n_steps // n_chunks))
+    chunks = pad_into_chunks({**arrays, "scored": scored}, equal_chunk_steps(schedule.n_steps, chunk_steps))
     hidden = net.zero_carry(batch_size)
     place = lambda tree: tree  # noqa: E731
     if mesh is not None:

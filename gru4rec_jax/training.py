@@ -30,7 +30,7 @@ from gru4rec_jax import networks
 from gru4rec_jax import optimizer as optimizer_lib
 from gru4rec_jax import sampling
 from gru4rec_jax import sharding as sharding_lib
-from gru4rec_jax.batching import Schedule, pad_into_chunks, session_parallel_schedule
+from gru4rec_jax.batching import Schedule, equal_chunk_steps, pad_into_chunks, session_parallel_schedule
 from gru4rec_jax.data import Sessions
 from gru4rec_jax.user_data import UserSessions, user_parallel_schedule
 
@@ -512,9 +512,7 @@ def fit(
         schedule = session_parallel_schedule(sessions, config.batch_size)
     if schedule.n_steps == 0:
         raise TrainingError("the training data has no session with 2 or more events")
-    # Equal chunks of at most config.chunk_steps steps: the least padding.
-    n_chunks = -(-schedule.n_steps // config.chunk_steps)
-    chunk_steps = -(-schedule.n_steps // n_chunks)
+    chunk_steps = equal_chunk_steps(schedule.n_steps, config.chunk_steps)
     arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
     support = sampling.item_support(sessions.items, net.items.n_items)
     sampler = sampling.alias_table(support, config.sample_alpha)

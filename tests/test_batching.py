@@ -206,6 +206,15 @@ def test_assign_lanes_gives_each_unit_the_first_free_lane(by, monkeypatch):
         assert list(zip(lane_of.tolist(), start_of.tolist())) == want
 
 
+def test_equal_chunk_steps_pads_least_with_fewest_chunks():
+    """The chunk length: at most the limit, the fewest chunks, and among those the least padding."""
+    for n_steps in range(1, 60):
+        for limit in range(1, 25):
+            fewest = -(-n_steps // limit)
+            least = min(c for c in range(1, limit + 1) if -(-n_steps // c) == fewest)
+            assert batching.equal_chunk_steps(n_steps, limit) == least, (n_steps, limit)
+
+
 # --------------------------------------------------------------------------- real sample
 
 
