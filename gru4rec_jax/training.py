@@ -404,9 +404,20 @@ _YNNPACK_PRODUCTS_ABOVE_UNITS = 320
 
 
 def _cpu_compiler_options(output_units: int) -> dict:
-    """XLA:CPU options for a training chunk whose output layer has ``output_units`` units."""
+    """XLA:CPU options for a training chunk whose output layer has ``output_units`` units.
+
+    Besides the products' library, XLA's own loops may use 512-bit vectors
+    where the CPU has them (XLA prefers 256 bits by default; LLVM ignores the
+    preference on CPUs without AVX-512). Same-process A/B on the 2-core
+    AVX-512 benchmark machine (JAX 0.10, 2,933 items, medians of 11): the
+    cross-entropy step 2.3% faster, BPR-max 3.6%, the large set 1.3%; no
+    change at 1M items, where the row updates' memory accesses dominate.
+    """
     wide = output_units > _YNNPACK_PRODUCTS_ABOVE_UNITS
-    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT" if wide else ""}
+    return {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT" if wide else "",
+        "xla_cpu_prefer_vector_width": 512,
+    }
 
 
 def compile_train_chunk(train_chunk, *args, mesh: Optional[Mesh] = None):
