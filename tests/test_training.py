@@ -237,6 +237,15 @@ def test_compile_falls_back_when_xla_lacks_the_cpu_options(monkeypatch):
     assert loss_of(training.compile_train_chunk(chunk_fn, state, *args)) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("units", [4, training._YNNPACK_PRODUCTS_ABOVE_UNITS + 8])
+def test_this_xla_build_takes_every_cpu_option(units):
+    """The fallback above would hide a misspelt or retired option name (and its speed): the
+    installed XLA must accept each option as given."""
+    lowered = jax.jit(lambda x: jnp.tanh(x) @ x.T).lower(jnp.ones((8, 8)))
+    for name, value in training._cpu_compiler_options(units).items():
+        lowered.compile({name: value})
+
+
 @pytest.mark.parametrize("units, ynnpack", [(4, False), (training._YNNPACK_PRODUCTS_ABOVE_UNITS + 8, True)])
 def test_cpu_chunk_hands_products_to_ynnpack_only_for_wide_layers(units, ynnpack):
     """The compiler options reach XLA: a narrow output layer's products stay XLA's own dots, a wide
