@@ -371,7 +371,7 @@ def evaluate(
             and model_config.n_items <= min(fold_limit, schedule.n_steps * batch_size)):
         params, model_config = fold_input_product(params, model_config)
     net = networks.network_for(model_config, reset_flag=reset_flag)
-    arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
+    arrays = {name: getattr(schedule, name) for name in ("inputs", "targets") + net.flags}
     chunks = pad_into_chunks({**arrays, "scored": scored}, equal_chunk_steps(schedule.n_steps, chunk_steps))
     hidden = net.zero_carry(batch_size)
     place = lambda tree: tree  # noqa: E731
