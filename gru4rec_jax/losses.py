@@ -46,7 +46,9 @@ __all__ = [
     "cross_entropy_loss",
     "cross_entropy_loss_with_integer_labels",
     "bpr_max_loss",
+    "bpr_max_loss_with_integer_labels",
     "top1_max_loss",
+    "top1_max_loss_with_integer_labels",
     "top1_loss",
     "bpr_loss",
 ]
@@ -97,6 +99,28 @@ def _prepare(scores, labels, where):
     scores, valid = _masked_scores(scores, where)
     positive = (jnp.asarray(labels) > 0) & valid
     return scores, positive, valid & ~positive
+
+
+def _prepare_integer_labels(scores, labels, where, axis):
+    """For one positive per row given as its index (``labels``: the scores' shape without ``axis``):
+    the masked scores, the valid mask, the index (0 where out of range) and whether the row has a
+    valid positive, both with ``axis`` kept."""
+    scores, valid = _masked_scores(scores, where)
+    label_index = jnp.expand_dims(jnp.asarray(labels, jnp.int32), axis)
+    in_range = (label_index >= 0) & (label_index < scores.shape[axis])
+    label_index = jnp.where(in_range, label_index, 0)
+    return scores, valid, label_index, in_range & jnp.take_along_axis(valid, label_index, axis=axis)
+
+
+def _pairwise_integer_labels(scores, labels, where, axis):
+    """:func:`_prepare_integer_labels` for the pairwise losses: the masked scores, the positive and
+    negative masks (as :func:`_prepare` makes them of the one-hot labels), the index and the rows
+    that count (a valid positive and at least one negative)."""
+    scores, valid, label_index, has_positive = _prepare_integer_labels(scores, labels, where, axis)
+    is_label = jax.lax.broadcasted_iota(jnp.int32, scores.shape, axis % scores.ndim) == label_index
+    positive = is_label & has_positive
+    negative = valid & ~positive
+    return scores, positive, negative, label_index, jnp.squeeze(has_positive, axis) & jnp.any(negative, axis=axis)
 
 
 def _reduce(per_row, row_valid, weights, reduce_fn):
@@ -216,14 +240,18 @@ def _reduce_stacked(reduce, parts, axis):
     return list(reduce(jnp.stack(parts), axis=axis % parts[0].ndim + 1, keepdims=True))
 
 
-def _negative_softmax_basis(scores, positive, negative, axis):
+def _negative_softmax_basis(scores, positive, negative, axis, label_index=None):
     """The softmax shift (largest negative score) and the positive's score, 0 where there is none.
 
-    One max-reduction for both: the pairwise losses take exactly one positive per row.
+    One max-reduction for both: the pairwise losses take exactly one positive per row. Given the
+    positive's ``label_index`` (its mask is then ``positive``), its score is read there instead.
     """
+    finite = lambda x: jnp.where(jnp.isfinite(x), x, 0.0)  # noqa: E731
+    if label_index is not None:
+        row_max = jnp.max(jnp.where(negative, scores, -jnp.inf), axis=axis, keepdims=True)
+        return finite(row_max), jnp.take_along_axis(jnp.where(positive, scores, 0.0), label_index, axis=axis)
     row_max, target = _reduce_stacked(
         jnp.max, [jnp.where(negative, scores, -jnp.inf), jnp.where(positive, scores, -jnp.inf)], axis)
-    finite = lambda x: jnp.where(jnp.isfinite(x), x, 0.0)  # noqa: E731
     return finite(row_max), finite(target)
 
 
@@ -233,12 +261,12 @@ def _negative_softmax_basis(scores, positive, negative, axis):
 
 
 @_custom_vjp_over_axis
-def _bpr_max_rows(axis, scores, positive, negative, bpreg):
-    return _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg)[0]
+def _bpr_max_rows(axis, scores, positive, negative, bpreg, label_index):
+    return _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg, label_index)[0]
 
 
-def _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg):
-    row_max, target = _negative_softmax_basis(scores, positive, negative, axis)
+def _bpr_max_rows_fwd(axis, scores, positive, negative, bpreg, label_index):
+    row_max, target = _negative_softmax_basis(scores, positive, negative, axis, label_index)
     e, sig = _masked_exp(scores, negative, row_max), jax.nn.sigmoid(target - scores)
     # With w = e / total: ranking = sum w sig, regulariser = sum w r^2, slope = sum w sig (1 - sig).
     total, e_sig, e_square, e_slope = _reduce_stacked(
@@ -261,15 +289,15 @@ def _bpr_max_rows_bwd(axis, residuals, g):
         jnp.square(scores) - regulariser + 2.0 * scores)
     d_pos = -inv * slope
     d_scores = jnp.where(negative, d_neg, jnp.where(positive, d_pos, 0.0)) * jnp.expand_dims(g, axis)
-    return d_scores, None, None, jnp.zeros_like(bpreg)
+    return d_scores, None, None, jnp.zeros_like(bpreg), None
 
 
 _bpr_max_rows.defvjp(_bpr_max_rows_fwd, _bpr_max_rows_bwd)
 
 
 @_custom_vjp_over_axis
-def _top1_max_rows(axis, scores, positive, negative):
-    return _top1_max_rows_fwd(axis, scores, positive, negative)[0]
+def _top1_max_rows(axis, scores, positive, negative, label_index):
+    return _top1_max_rows_fwd(axis, scores, positive, negative, label_index)[0]
 
 
 def _top1_max_terms(scores, target):
@@ -277,8 +305,8 @@ def _top1_max_terms(scores, target):
     return above, square, above + square
 
 
-def _top1_max_rows_fwd(axis, scores, positive, negative):
-    row_max, target = _negative_softmax_basis(scores, positive, negative, axis)
+def _top1_max_rows_fwd(axis, scores, positive, negative, label_index):
+    row_max, target = _negative_softmax_basis(scores, positive, negative, axis, label_index)
     e = _masked_exp(scores, negative, row_max)
     above, _, terms = _top1_max_terms(scores, target)
     # With w = e / total: the loss sum w (above + square) and slope = sum w above (1 - above).
@@ -296,7 +324,7 @@ def _top1_max_rows_bwd(axis, residuals, g):
     d_neg = w * (terms - per_row) + w * above * (1.0 - above) + 2.0 * scores * w * square * (1.0 - square)
     d_pos = -slope
     d_scores = jnp.where(negative, d_neg, jnp.where(positive, d_pos, 0.0)) * jnp.expand_dims(g, axis)
-    return d_scores, None, None
+    return d_scores, None, None, None
 
 
 _top1_max_rows.defvjp(_top1_max_rows_fwd, _top1_max_rows_bwd)
@@ -342,13 +370,9 @@ def cross_entropy_loss_with_integer_labels(
     >>> round(float(cross_entropy_loss_with_integer_labels(jnp.array([[0.0, 0.0]]), jnp.array([0]))), 4)
     0.6931
     """
-    scores, valid = _masked_scores(scores, where)
-    label_index = jnp.expand_dims(jnp.asarray(labels, jnp.int32), axis)
-    in_range = (label_index >= 0) & (label_index < scores.shape[axis])
-    label_index = jnp.where(in_range, label_index, 0)
+    scores, valid, label_index, has_positive = _prepare_integer_labels(scores, labels, where, axis)
     per_row = _cross_entropy_index_rows(axis, scores, label_index, valid)
-    row_valid = jnp.squeeze(in_range & jnp.take_along_axis(valid, label_index, axis=axis), axis)
-    return _reduce(per_row, row_valid, weights, reduce_fn)
+    return _reduce(per_row, jnp.squeeze(has_positive, axis), weights, reduce_fn)
 
 
 def bpr_max_loss(
@@ -370,8 +394,27 @@ def bpr_max_loss(
     0.6931
     """
     scores, positive, negative = _prepare(scores, labels, where)
-    per_row = _bpr_max_rows(axis, scores, positive, negative, jnp.asarray(bpreg, scores.dtype))
+    per_row = _bpr_max_rows(axis, scores, positive, negative, jnp.asarray(bpreg, scores.dtype), None)
     row_valid = jnp.any(positive, axis=axis) & jnp.any(negative, axis=axis)
+    return _reduce(per_row, row_valid, weights, reduce_fn)
+
+
+def bpr_max_loss_with_integer_labels(
+    scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1, bpreg: float = 1.0
+):
+    r""":func:`bpr_max_loss` for rows whose positive is given as its index.
+
+    The same values and gradients as :func:`bpr_max_loss` with the one-hot
+    labels of ``labels``, for less work: the positive's score is read at its
+    index instead of reduced out of the row. Labels and shapes as in
+    :func:`cross_entropy_loss_with_integer_labels`.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(bpr_max_loss_with_integer_labels(jnp.array([[1.0, 1.0]]), jnp.array([0]), bpreg=0.0)), 4)
+    0.6931
+    """
+    scores, positive, negative, label_index, row_valid = _pairwise_integer_labels(scores, labels, where, axis)
+    per_row = _bpr_max_rows(axis, scores, positive, negative, jnp.asarray(bpreg, scores.dtype), label_index)
     return _reduce(per_row, row_valid, weights, reduce_fn)
 
 
@@ -388,8 +431,24 @@ def top1_max_loss(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mea
     1.0
     """
     scores, positive, negative = _prepare(scores, labels, where)
-    per_row = _top1_max_rows(axis, scores, positive, negative)
+    per_row = _top1_max_rows(axis, scores, positive, negative, None)
     row_valid = jnp.any(positive, axis=axis) & jnp.any(negative, axis=axis)
+    return _reduce(per_row, row_valid, weights, reduce_fn)
+
+
+def top1_max_loss_with_integer_labels(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean, axis=-1):
+    r""":func:`top1_max_loss` for rows whose positive is given as its index.
+
+    The same values and gradients as :func:`top1_max_loss` with the one-hot
+    labels of ``labels``, for less work (see
+    :func:`bpr_max_loss_with_integer_labels`).
+
+    >>> import jax.numpy as jnp
+    >>> round(float(top1_max_loss_with_integer_labels(jnp.array([[0.0, 0.0]]), jnp.array([0]))), 4)
+    1.0
+    """
+    scores, positive, negative, label_index, row_valid = _pairwise_integer_labels(scores, labels, where, axis)
+    per_row = _top1_max_rows(axis, scores, positive, negative, label_index)
     return _reduce(per_row, row_valid, weights, reduce_fn)
 
 

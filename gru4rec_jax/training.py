@@ -167,10 +167,10 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
     """
     net = network_of(model_config, config)
     B, S = config.batch_size, config.n_sample
-    # Lane j's positive is candidate j. Cross-entropy takes it as an index
-    # (less work than one-hot labels, the same values).
-    integer_labels = config.loss == "cross-entropy"
-    loss_fn = losses_lib.cross_entropy_loss_with_integer_labels if integer_labels else losses_lib.LOSSES[config.loss]
+    # Lane j's positive is candidate j: losses that can take it as an index
+    # do (less work than one-hot labels, the same values).
+    integer_labels = config.loss in _INTEGER_LABEL_LOSSES
+    loss_fn = _INTEGER_LABEL_LOSSES[config.loss] if integer_labels else losses_lib.LOSSES[config.loss]
     loss_params = {"bpreg": config.bpreg} if config.loss == "bpr-max" else {}
     activation = final_activation(config)
     sparse_update = sharding_lib.sharded_sparse_adagrad(
@@ -342,6 +342,14 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
         sharding_lib.replicated(mesh),
     )
     return jax.jit(train_chunk, donate_argnums=(0, 1), out_shardings=out_shardings)
+
+
+# Losses of the training step that take each lane's positive as an index.
+_INTEGER_LABEL_LOSSES = {
+    "cross-entropy": losses_lib.cross_entropy_loss_with_integer_labels,
+    "bpr-max": losses_lib.bpr_max_loss_with_integer_labels,
+    "top1-max": losses_lib.top1_max_loss_with_integer_labels,
+}
 
 
 def _candidates_first(mesh: Optional[Mesh]) -> bool:

@@ -534,50 +534,80 @@ def test_get_loss_unknown_name_raises(bad):
 
 
 # ---------------------------------------------------------------------------
-# 8. Cross-entropy with integer labels (the training step's form)
+# 8. Losses with integer labels (the training step's form)
 # ---------------------------------------------------------------------------
 
-integer_ce = losses.cross_entropy_loss_with_integer_labels
+# name -> (integer-label loss, its one-hot form, loss parameters)
+INTEGER = {
+    "cross-entropy": (losses.cross_entropy_loss_with_integer_labels, losses.cross_entropy_loss, {}),
+    "bpr-max": (losses.bpr_max_loss_with_integer_labels, losses.bpr_max_loss, {"bpreg": 1.95}),
+    "top1-max": (losses.top1_max_loss_with_integer_labels, losses.top1_max_loss, {}),
+}
 
 
-def ref_cross_entropy_at(r, label, valid):
-    """Per-row -log(softmax over the valid candidates at the label + EPS); 0 for a row whose
-    label is out of range or masked out."""
+def ref_loss_at(name, r, label, valid, **params):
+    """Per-row loss of the spec's formula for one positive per row at column ``label`` among the
+    ``valid`` candidates (the other valid candidates are the negatives); 0 for a row whose label
+    is out of range or masked out, or (pairwise losses) that has no negative."""
     out = np.zeros(r.shape[0])
     for i, (row, j, ok) in enumerate(zip(_as64(r), label, valid)):
-        if 0 <= j < row.size and ok[j]:
+        if not (0 <= j < row.size and ok[j]):
+            continue
+        if name == "cross-entropy":
             e = np.exp(row[ok] - row[ok].max())
             out[i] = -np.log(np.exp(row[j] - row[ok].max()) / e.sum() + EPS)
+            continue
+        negative = ok.copy()
+        negative[j] = False
+        if not negative.any():
+            continue
+        rn = row[negative]
+        s = np.exp(rn - rn.max())
+        s /= s.sum()
+        if name == "bpr-max":
+            out[i] = -np.log(np.sum(s * _sigmoid(row[j] - rn)) + EPS) + params["bpreg"] * np.sum(s * rn**2)
+        else:
+            out[i] = np.sum(s * (_sigmoid(rn - row[j]) + _sigmoid(rn**2)))
     return out
 
 
 @pytest.mark.parametrize("m,s", SHAPES, ids=[f"M{m}-S{s}" for m, s in SHAPES])
-def test_integer_labels_match_numpy_reference(m, s):
+@pytest.mark.parametrize("name", INTEGER)
+def test_integer_labels_match_numpy_reference(name, m, s):
+    integer, _, params = INTEGER[name]
     r = _scores(m, s, seed=141)
-    got = integer_ce(r, np.arange(m), reduce_fn=None)
-    np.testing.assert_allclose(_as64(got), ref_cross_entropy(_as64(r)), rtol=RTOL, atol=ATOL)
+    got = integer(r, np.arange(m), reduce_fn=None, **params)
+    np.testing.assert_allclose(_as64(got), REFERENCES[name](_as64(r), **params), rtol=RTOL, atol=ATOL)
 
 
-def test_integer_labels_anywhere_masked_or_out_of_range():
-    """Labels off the diagonal; a label on a masked-out candidate, below 0 or past the end means no positive."""
+@pytest.mark.parametrize("name", INTEGER)
+def test_integer_labels_anywhere_masked_or_out_of_range(name):
+    """Labels off the diagonal; a label on a masked-out candidate, below 0 or past the end means no
+    positive; a row whose only valid candidate is its positive has no negative."""
+    integer, _, params = INTEGER[name]
     rng = np.random.default_rng(142)
     r = _scores(M_MASK, S_MASK, seed=143)
     where = rng.random(r.shape) > 0.2
     label = rng.integers(0, M_MASK + S_MASK, M_MASK)
     where[0, label[0]] = False
     label[1], label[2] = -1, M_MASK + S_MASK
-    got = integer_ce(r, label, where=where, reduce_fn=None)
-    want = ref_cross_entropy_at(r, label, where)
-    assert want[0] == want[1] == want[2] == 0.0 and np.all(want[3:] > 0)
+    where[3] = False
+    where[3, label[3]] = True
+    got = integer(r, label, where=where, reduce_fn=None, **params)
+    want = ref_loss_at(name, r, label, where, **params)
+    # Row 3: nothing to rank (cross-entropy: -log 1).
+    assert want[0] == want[1] == want[2] == want[3] == 0.0 and np.all(want[4:] > 0)
     np.testing.assert_allclose(_as64(got), want, rtol=RTOL, atol=ATOL)
-    grads = jax.grad(lambda x: integer_ce(x, label, where=where, reduce_fn=jnp.sum))(jnp.asarray(r))
-    assert np.all(np.asarray(grads)[:3] == 0.0) and np.all(np.asarray(grads)[~where] == 0.0)
+    grads = jax.grad(lambda x: integer(x, label, where=where, reduce_fn=jnp.sum, **params))(jnp.asarray(r))
+    assert np.all(np.asarray(grads)[:4] == 0.0) and np.all(np.asarray(grads)[~where] == 0.0)
 
 
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_integer_labels_equal_one_hot_labels_values_and_gradients(axis):
-    """The same loss and gradient as cross_entropy_loss with the one-hot labels, under a mask,
-    with weights, for every reduction; to the last bit without jit."""
+@pytest.mark.parametrize("name", INTEGER)
+def test_integer_labels_equal_one_hot_labels_values_and_gradients(name, axis):
+    """The same loss and gradient as the one-hot form, under a mask, with weights, for every
+    reduction; to the last bit without jit."""
+    integer, one_hot_loss, params = INTEGER[name]
     r = _scores(M_MASK, S_MASK, seed=144)
     y = _labels(M_MASK, S_MASK)
     where = _where_dropping(DROP_ROWS, DROP_COLS)
@@ -587,45 +617,51 @@ def test_integer_labels_equal_one_hot_labels_values_and_gradients(axis):
     label = np.arange(M_MASK)
     for reduce_fn in (None, jnp.sum, jnp.mean):
         def one_hot(x):
-            return losses.cross_entropy_loss(x, y, where=where, weights=weights, reduce_fn=reduce_fn, axis=axis)
+            return one_hot_loss(x, y, where=where, weights=weights, reduce_fn=reduce_fn, axis=axis, **params)
 
-        def integer(x):
-            return integer_ce(x, label, where=where, weights=weights, reduce_fn=reduce_fn, axis=axis)
+        def by_index(x):
+            return integer(x, label, where=where, weights=weights, reduce_fn=reduce_fn, axis=axis, **params)
 
-        np.testing.assert_array_equal(np.asarray(integer(r)), np.asarray(one_hot(r)))
+        np.testing.assert_array_equal(np.asarray(by_index(r)), np.asarray(one_hot(r)))
         if reduce_fn is not None:
-            np.testing.assert_array_equal(np.asarray(jax.grad(integer)(r)), np.asarray(jax.grad(one_hot)(r)))
-            jitted = jax.jit(jax.value_and_grad(integer))(r)
+            np.testing.assert_array_equal(np.asarray(jax.grad(by_index)(r)), np.asarray(jax.grad(one_hot)(r)))
+            jitted = jax.jit(jax.value_and_grad(by_index))(r)
             np.testing.assert_allclose(float(jitted[0]), float(one_hot(r)), rtol=1e-6)
             np.testing.assert_allclose(np.asarray(jitted[1]), np.asarray(jax.grad(one_hot)(r)), rtol=1e-5, atol=1e-7)
 
 
-def test_integer_labels_leading_batch_dims():
+@pytest.mark.parametrize("name", INTEGER)
+def test_integer_labels_leading_batch_dims(name):
+    integer, _, params = INTEGER[name]
     r = _scores(4, 3, seed=145, batch=(2,))
     label = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
-    batched = np.asarray(integer_ce(r, label, reduce_fn=None))
-    stacked = np.stack([np.asarray(integer_ce(r[k], label[k], reduce_fn=None)) for k in range(2)])
+    batched = np.asarray(integer(r, label, reduce_fn=None, **params))
+    stacked = np.stack([np.asarray(integer(r[k], label[k], reduce_fn=None, **params)) for k in range(2)])
     np.testing.assert_allclose(batched, stacked, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("wild", [1e20, np.inf, -np.inf])
-def test_integer_labels_masked_wild_scores_stay_finite(wild):
+@pytest.mark.parametrize("name", INTEGER)
+def test_integer_labels_masked_wild_scores_stay_finite(name, wild):
+    integer, _, params = INTEGER[name]
     r = _scores(M_MASK, S_MASK, seed=146)
     where = _where_dropping(DROP_ROWS, DROP_COLS)
-    clean = integer_ce(r, np.arange(M_MASK), where=where, reduce_fn=jnp.sum)
+    clean = integer(r, np.arange(M_MASK), where=where, reduce_fn=jnp.sum, **params)
     r[~where] = wild
     loss, grads = jax.value_and_grad(
-        lambda x: integer_ce(x, np.arange(M_MASK), where=where, reduce_fn=jnp.sum))(jnp.asarray(r))
+        lambda x: integer(x, np.arange(M_MASK), where=where, reduce_fn=jnp.sum, **params))(jnp.asarray(r))
     assert float(loss) == float(clean) and np.all(np.isfinite(np.asarray(grads)))
 
 
-def test_integer_labels_check_grads_float64():
+@pytest.mark.parametrize("name", INTEGER)
+def test_integer_labels_check_grads_float64(name):
+    integer, _, params = INTEGER[name]
     rng = np.random.default_rng(147)
     where = np.ones((3, 5), bool)
     where[0, 4] = False
     where[2, :] = False
     with jax.enable_x64(True):
         r = jnp.asarray(rng.normal(size=(3, 5)), dtype=jnp.float64)
-        fn = lambda x: integer_ce(x, np.array([0, 3, 1]), where=where, reduce_fn=jnp.sum)  # noqa: E731
+        fn = lambda x: integer(x, np.array([0, 3, 1]), where=where, reduce_fn=jnp.sum, **params)  # noqa: E731
         assert fn(r).dtype == jnp.float64
         check_grads(fn, (r,), order=1, modes=["rev"])
