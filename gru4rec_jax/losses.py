@@ -25,10 +25,12 @@ Every loss shares one keyword-only signature (the rax convention)::
 
 GRU4Rec's own layout -- a ``(M, M + S)`` score matrix whose row ``i`` has its
 target in column ``i`` -- is the special case ``labels = eye(M, M + S)``; see
-:func:`gru4rec_labels`. The ``*_with_integer_labels`` forms of cross-entropy,
-BPR-max and TOP1-max take instead each row's positive as an index (``labels``
-of the shape of ``scores`` without ``axis``): the same values, less work. With ``reduce_fn=jnp.sum`` the losses then equal the
+:func:`gru4rec_labels`. With ``reduce_fn=jnp.sum`` the losses then equal the
 reference formulas of Hidasi et al. (ICLR 2016, CIKM 2018).
+
+The ``*_with_integer_labels`` forms of cross-entropy, BPR-max and TOP1-max take
+each row's positive as an index instead (``labels`` of the shape of ``scores``
+without ``axis``): the same values, less work.
 """
 
 from __future__ import annotations
