@@ -61,3 +61,37 @@ def test_profile_step_lists_the_step_and_the_work_outside_it():
     assert len(listed) == 4 and float(total.split()[0]) >= sum(float(line.split()[0]) for line in listed) > 0
     assert any(line.startswith("by part of the step: ") and "loss_and_gradients" in line for line in lines)
     assert any("us/step outside the step" in line for line in lines)
+
+
+def _row_memory(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.row_memory", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.host_process
+def test_row_memory_times_reads_and_writes_per_catalogue_size():
+    ran = _row_memory("--items=40,64", "--units=8", "--rows=16", "--tables=2", "--steps=3", "--repeats=2")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("2 tables of h 8, 16 rows per step (0.00 MiB), 3 steps per loop, on ")
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ") and line[2].isdigit()]
+    assert [r[0].strip() for r in rows] == ["40", "64"]
+    for r in rows:
+        read_us, read_rate, both_us, both_rate = (float(x) for x in r[2:6])
+        assert read_us > 0 and both_us > 0
+        # The rates are the rows' bytes (2 tables x 16 rows x 8 floats), once read, twice read and written.
+        assert read_rate == pytest.approx(2 * 16 * 8 * 4 / read_us / 1e3, rel=0.1, abs=0.06)
+        assert both_rate == pytest.approx(2 * 2 * 16 * 8 * 4 / both_us / 1e3, rel=0.1, abs=0.06)
+    assert rows[0][6].strip() == "+0" and rows[0][7].strip() == "+0"
+
+
+@pytest.mark.host_process
+@pytest.mark.parametrize("args, message", [
+    (["--items=3k"], "error: --items must be integers, got 3k"),
+    (["--items=100", "--rows=200"], "error: every --items size must hold the 200 distinct --rows, got 100"),
+    (["--steps=0"], "error: --steps must be at least 1, got 0"),
+])
+def test_row_memory_rejects_bad_flags_in_one_line(args, message):
+    ran = _row_memory(*args)
+    assert ran.returncode != 0
+    assert ran.stderr.strip().splitlines()[-1] == message
