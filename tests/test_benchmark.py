@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,10 @@ def test_profile_step_lists_the_step_and_the_work_outside_it():
     assert len(listed) == 4 and float(total.split()[0]) >= sum(float(line.split()[0]) for line in listed) > 0
     assert any(line.startswith("by part of the step: ") and "loss_and_gradients" in line for line in lines)
     assert any("us/step outside the step" in line for line in lines)
+    wall_line = next(line for line in lines if line.endswith("with an operation running on some thread"))
+    wall, covered, share = re.match(r"\s*([\d.]+)  us/step of wall time, ([\d.]+) \((\d+)%\)", wall_line).groups()
+    assert 0 < float(covered) <= float(wall)
+    assert abs(int(share) - 100 * float(covered) / float(wall)) <= 1
 
 
 def _row_memory(*args):
