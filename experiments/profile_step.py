@@ -4,8 +4,10 @@ r"""Where the time of one training step goes, per compiled operation.
 
 Runs ``--steps`` training steps of a benchmark configuration under
 ``jax.profiler``, then prints the device time per step of each XLA operation
-(top ``--top``), with the HLO instruction it came from, and the chunk's work
-outside the scanned step, spread over its steps. On CPU it enables
+(top ``--top``), with the HLO instruction it came from, how much of the wall
+time some operation was running (the rest goes to the runtime between
+operations), and the chunk's work outside the scanned step, spread over its
+steps. On CPU it enables
 XLA's per-operation trace events (``--xla_cpu_enable_xprof_traceme``).
 """
 
