@@ -124,7 +124,7 @@ def main(argv):
         f"{scope} {100 * us / all_ops:.0f}%" for scope, us in by_scope.most_common()))
     wall, covered = _wall_and_covered(spans)
     # Between operations the runtime schedules and synchronises its threads:
-    # on the 2-core CPU, 15-20% of a step's time had no operation running.
+    # on the 2-core CPU, 17-21% of a step's time had no operation running.
     print(f"{wall / n_steps:9.1f}  us/step of wall time, {covered / n_steps:.1f} ({100 * covered / wall:.0f}%) "
           "with an operation running on some thread")
     # Work of the chunk outside the scanned step (e.g. drawing all its steps'

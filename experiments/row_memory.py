@@ -70,7 +70,7 @@ def measure(n_items: int, *, units: int, rows: int, tables: int, steps: int, rep
         loop = _loop(write)
         state = (tuple(jnp.full((n_items, units), i + 1.0, jnp.float32) for i in range(tables)),
                  jnp.zeros((rows, units), jnp.float32))
-        state = jax.block_until_ready(loop(*state[:1], index, state[1]))  # compile and warm up
+        state = jax.block_until_ready(loop(state[0], index, state[1]))  # compile and warm up
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -105,8 +105,8 @@ def main(argv):
         row = measure(n, units=FLAGS.units, rows=FLAGS.rows, tables=FLAGS.tables, steps=FLAGS.steps,
                       repeats=FLAGS.repeats, seed=FLAGS.seed)
         first = first or row
-        print(f"| {n:,} | {n * FLAGS.units * 4 / 2**20:,.1f} | {row['read_us']:.0f} "
-              f"| {row_bytes / row['read_us'] / 1e3:.1f} | {row['read_write_us']:.0f} "
+        print(f"| {n:,} | {n * FLAGS.units * 4 / 2**20:,.1f} | {row['read_us']:.1f} "
+              f"| {row_bytes / row['read_us'] / 1e3:.1f} | {row['read_write_us']:.1f} "
               f"| {2 * row_bytes / row['read_write_us'] / 1e3:.1f} | {row['read_us'] - first['read_us']:+.0f} "
               f"| {row['read_write_us'] - first['read_write_us']:+.0f} |")
 
