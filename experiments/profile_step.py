@@ -62,7 +62,8 @@ def _wall_and_covered(spans: list[tuple[float, float]]) -> tuple[float, float]:
         else:
             end = max(end, span_end)
     covered += end - start
-    return max(e for _, e in spans) - spans[0][0], covered
+    # Spans are merged in order of their starts, so the last merged end is the latest end.
+    return end - spans[0][0], covered
 
 
 def main(argv):
