@@ -54,9 +54,23 @@ class DataError(ValueError):
 
 
 def numpy_strings(array: Union[pa.Array, pa.ChunkedArray]) -> np.ndarray:
-    """A pyarrow string array as a numpy str array."""
+    """A pyarrow string array as a numpy str array.
+
+    ASCII text (ids almost always are) is copied bytes to code points in a few
+    vectorised steps; other text goes through Python strings.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
     if len(array) == 0:
         return np.zeros(0, dtype="<U1")
+    array = array.cast(pa.string())
+    if pc.all(pc.string_is_ascii(array)).as_py() and not pc.any(pc.match_substring(array, "\x00")).as_py():
+        width = max(pc.max(pc.binary_length(array)).as_py(), 1)
+        padded = pc.utf8_rpad(array, width=width, padding="\x00")  # every string now ``width`` bytes
+        start = np.frombuffer(padded.buffers()[1], np.int32, 1, padded.offset * 4)[0]
+        data = np.frombuffer(padded.buffers()[2], np.uint8, len(array) * width, start)
+        # Code points are the bytes; the trailing NULs are numpy's own padding of shorter strings.
+        return data.reshape(len(array), width).astype(np.uint32).view(f"<U{width}").reshape(-1)
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=str)
 
 
@@ -83,15 +97,26 @@ class IdColumn:
 
     @classmethod
     def from_arrow(cls, array: Union[pa.Array, pa.ChunkedArray]) -> "IdColumn":
-        """From a pyarrow string or dictionary array; codes in order of first appearance."""
-        if isinstance(array, pa.ChunkedArray):
-            if not pa.types.is_dictionary(array.type):
-                array = array.dictionary_encode()  # one dictionary for all chunks, first appearance first
-            array = array.unify_dictionaries().combine_chunks() if array.num_chunks else pa.array([], array.type)
-        elif not pa.types.is_dictionary(array.type):
-            array = array.dictionary_encode()
-        codes = array.indices.cast(pa.int32()).to_numpy(zero_copy_only=False)
-        return cls(codes=np.asarray(codes, np.int32), values=numpy_strings(array.dictionary))
+        """From a pyarrow string or dictionary array, chunked or not.
+
+        Codes are in order of first appearance where the chunks' dictionaries
+        are (as the CSV reader and ``dictionary_encode`` make them).
+        """
+        chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+        chunks = [c if pa.types.is_dictionary(c.type) else c.dictionary_encode() for c in chunks if len(c)]
+        if not chunks:
+            return cls(codes=np.zeros(0, np.int32), values=np.zeros(0, "<U1"))
+        # One encoding of all the chunks' dictionaries (each in first-appearance order, chunks in row
+        # order, so the result is too); then every chunk's codes are written straight into one array.
+        merged = pa.chunked_array([c.dictionary for c in chunks]).dictionary_encode().combine_chunks()
+        global_codes = merged.indices.to_numpy(zero_copy_only=False)
+        codes = np.empty(sum(len(c) for c in chunks), np.int32)
+        row = start = 0
+        for chunk in chunks:
+            local = chunk.indices.to_numpy(zero_copy_only=False)
+            np.take(global_codes[start:start + len(chunk.dictionary)], local, out=codes[row:row + len(chunk)])
+            row, start = row + len(chunk), start + len(chunk.dictionary)
+        return cls(codes=codes, values=numpy_strings(merged.dictionary))
 
     @classmethod
     def concatenate(cls, columns: Sequence["IdColumn"]) -> "IdColumn":
@@ -112,13 +137,21 @@ class IdColumn:
         """Rows ``index`` (indices or a boolean mask), sharing ``values``."""
         return IdColumn(codes=self.codes[index], values=self.values)
 
+    def compact(self) -> "IdColumn":
+        """The same rows over only the values that occur."""
+        used = self.used()
+        if used.all():
+            return self
+        new_code = (np.cumsum(used) - 1).astype(np.int32)
+        return IdColumn(codes=new_code[self.codes], values=self.values[used])
+
     def used(self) -> np.ndarray:
         """Which values occur in the column, bool [n_values]."""
         return np.bincount(self.codes, minlength=len(self.values)) > 0
 
-    def counts(self) -> np.ndarray:
-        """For each row, the number of rows with its value (a session's length, an item's support)."""
-        return np.bincount(self.codes, minlength=len(self.values))[self.codes]
+    def count_at_least(self, minimum: int) -> np.ndarray:
+        """For each row, whether ``minimum`` or more rows have its value (a session's length, an item's support)."""
+        return (np.bincount(self.codes, minlength=len(self.values)) >= minimum)[self.codes]
 
     def n_distinct(self) -> int:
         return int(np.count_nonzero(self.used()))
@@ -363,31 +396,61 @@ def _read_delimited_columns(path: str, keys: dict[str, str], delimiter: str) -> 
     except pa.ArrowInvalid as error:
         _raise_first_bad_line(path, delimiter, header, keys["time"], error)
     times = np.concatenate(time_chunks) if time_chunks else np.zeros(0)
+    del time_chunks
     if len(times) == 0:
         raise DataError(f"{path}: no events (the table has a header but no rows)")
     if not np.all(np.isfinite(times)):
         _raise_first_bad_line(path, delimiter, header, keys["time"], None)
     columns: dict[str, object] = {"time": times}
-    for role, chunks in id_chunks.items():
-        columns[role] = IdColumn.from_arrow(pa.chunked_array(chunks, type=dictionary))
+    for role in list(id_chunks):
+        columns[role] = IdColumn.from_arrow(pa.chunked_array(id_chunks.pop(role), type=dictionary))
+        release_arrow_memory()
     return columns
 
 
+def release_arrow_memory() -> None:
+    """Returns the memory pyarrow freed to the system (its allocator keeps it otherwise, inflating the peak)."""
+    pa.default_memory_pool().release_unused()
+
+
+class _CountingReader(io.RawIOBase):
+    """A binary stream that reports the bytes read so far to a :class:`Progress`."""
+
+    def __init__(self, stream, progress: Progress):
+        self.stream, self.progress, self.position = stream, progress, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        self.position += len(data)
+        self.progress.update(self.position)
+        return len(data)
+
+
 def csv_batches(path: str, options: dict, label: str) -> Iterator[pa.RecordBatch]:
-    """The record batches of a CSV file, read block by block, with a :class:`Progress` line for a long read."""
+    """The record batches of a CSV file, compressed or not, read by pyarrow's multi-threaded reader.
+
+    A :class:`Progress` line follows a long read (bytes of the file read).
+    """
     compressed = path.lower().endswith(COMPRESSED_SUFFIXES)
     progress = Progress(label, total=0 if compressed else os.path.getsize(path))
     with pa.input_stream(path, compression="detect") as raw:
         try:
-            reader = pa_csv.open_csv(raw, **options)
+            table = pa_csv.read_csv(_CountingReader(raw, progress), **options)
         except pa.ArrowInvalid as error:
             if "Empty CSV file" in str(error):
                 return  # nothing after the skipped rows
             raise
-        for batch in reader:
-            yield batch
-            progress.update(raw.tell())
-    progress.close()
+        finally:
+            progress.close()
+    release_arrow_memory()  # the parser's buffers
+    batches = table.to_batches()
+    del table
+    while batches:
+        yield batches.pop(0)  # each block freed once the caller is done with it
 
 
 def _raise_first_bad_line(path: str, delimiter: str, header: list[str], time_key: str,
@@ -471,11 +534,15 @@ def format_floats(values: np.ndarray) -> pa.Array:
     return text
 
 
-def _arrow_ids(column: IdColumn) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(column.codes, pa.int32()), pa.array(column.values, pa.string()))
+def _arrow_ids(column: IdColumn, values: Optional[pa.Array] = None, decode: bool = False) -> pa.Array:
+    """``column`` as a pyarrow dictionary array, or ``decode``-d to strings (``values``: its values converted)."""
+    values = pa.array(column.values, pa.string()) if values is None else values
+    if decode:  # the CSV writer would convert the whole dictionary for each of its small batches
+        return values.take(pa.array(column.codes, pa.int32()))
+    return pa.DictionaryArray.from_arrays(pa.array(column.codes, pa.int32()), values)
 
 
-WRITE_ROWS = 4_000_000  # rows formatted at a time when writing text
+WRITE_ROWS = 1 << 20  # rows formatted at a time when writing text (more is slower: caches)
 
 
 def write_events(
@@ -504,16 +571,23 @@ def write_events(
         pq.write_table(pa.table(arrays, names=names), path)
         return
     delimiter = _DELIMITERS[format]
+    columns = [c.compact() if isinstance(c, IdColumn) else c for c in columns]  # a split uses part of the ids
     for name, column in zip(names, columns):
-        if isinstance(column, IdColumn) and np.any(np.char.find(column.values[column.used()], delimiter) >= 0):
+        if isinstance(column, IdColumn) and np.any(np.char.find(column.values, delimiter) >= 0):
             raise DataError(f"{path}: a {name} value contains the delimiter {delimiter!r}; cannot write it")
     options = pa_csv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none")
+    values = [None if isinstance(c, np.ndarray) else pa.array(c.values, pa.string()) for c in columns]
+    progress = Progress(f"writing {os.path.basename(path)}", total=len(table), unit="M rows")
     with pa.output_stream(path, compression="detect") as f:
         f.write((delimiter.join(names) + "\n").encode("utf-8"))
         for start in range(0, len(table), WRITE_ROWS):
             rows = slice(start, start + WRITE_ROWS)
-            arrays = [format_floats(c[rows]) if isinstance(c, np.ndarray) else _arrow_ids(c.take(rows)) for c in columns]
+            arrays = [format_floats(c[rows]) if v is None else _arrow_ids(c.take(rows), v, decode=True)
+                      for c, v in zip(columns, values)]
             pa_csv.write_csv(pa.table(arrays, names=names), f, options)
+            progress.update(min(start + WRITE_ROWS, len(table)))
+    progress.close()
+    release_arrow_memory()
 
 
 # ---------------------------------------------------------------------------
@@ -598,7 +672,11 @@ def _integer_values(values: np.ndarray) -> Optional[np.ndarray]:
 
 
 def session_sort_keys(column: IdColumn) -> np.ndarray:
-    """int64 key per row: integer ids sort numerically (as the reference's int column), others as text."""
+    """A key per row: integer ids sort numerically (as the reference's int column), others as text.
+
+    Where the codes already follow that order (a converted file, read back) the
+    codes themselves are the keys: no int64 array per row.
+    """
     values = column.values
     keys = _integer_values(values)
     if keys is None:
@@ -609,7 +687,12 @@ def session_sort_keys(column: IdColumn) -> np.ndarray:
         else:
             keys = np.empty(len(values), np.int64)
             keys[np.argsort(values, kind="stable")] = np.arange(len(values))
+    if np.all(keys[1:] > keys[:-1]):
+        return column.codes
     return keys[column.codes]
+
+
+CHECK_ROWS = 1 << 22  # rows per step of the checks and gathers below: their temporaries stay small
 
 
 def session_time_order(keys: np.ndarray, times: np.ndarray) -> Optional[np.ndarray]:
@@ -618,12 +701,12 @@ def session_time_order(keys: np.ndarray, times: np.ndarray) -> Optional[np.ndarr
     Converted files are written in that order, so the check (one pass) usually
     saves the sort.
     """
-    if len(keys) < 2:
-        return None
-    key_step = np.diff(keys)
-    if np.all((key_step > 0) | ((key_step == 0) & (np.diff(times) >= 0))):
-        return None
-    return np.lexsort((times, keys))
+    for start in range(0, max(len(keys) - 1, 0), CHECK_ROWS):
+        rows = slice(start, start + CHECK_ROWS + 1)
+        key_step, time_step = np.diff(keys[rows]), np.diff(times[rows])
+        if not np.all((key_step > 0) | ((key_step == 0) & (time_step >= 0))):
+            return np.lexsort((times, keys))
+    return None
 
 
 def group_sessions(items: np.ndarray, times: np.ndarray, keys: np.ndarray, source: str) -> tuple[Sessions, np.ndarray]:
@@ -654,8 +737,7 @@ def group_sessions(items: np.ndarray, times: np.ndarray, keys: np.ndarray, sourc
     else:
         session_order = np.argsort(first_times, kind="stable")
         starts, lengths = starts[session_order], lengths[session_order]
-        event_order = gather_ranges(starts, lengths)
-        items, times = items[event_order], times[event_order]
+        items, times = gather_sessions((items, times), starts, lengths)
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
     first_rows = starts if rows is None else rows[starts]
     sessions = Sessions(items=items.astype(np.int32, copy=False), offsets=offsets, times=times,
@@ -672,6 +754,21 @@ def build_sessions(table: EventTable, item_map: ItemMap, *, source: str = "data"
     sessions, first_rows = group_sessions(item_map.lookup(table.items), table.times,
                                           session_sort_keys(table.sessions), source)
     return dataclasses.replace(sessions, session_ids=table.sessions.values[table.sessions.codes[first_rows]])
+
+
+def gather_sessions(arrays: Sequence[np.ndarray], starts: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """``arrays`` with the ranges ``start:start + length`` one after another, a few million rows at a time."""
+    out = [np.empty(int(lengths.sum()), a.dtype) for a in arrays]
+    ends = np.cumsum(lengths)
+    first = 0
+    while first < len(lengths):
+        last = max(int(np.searchsorted(ends, ends[first] - lengths[first] + CHECK_ROWS, "right")), first + 1)
+        rows = gather_ranges(starts[first:last], lengths[first:last])
+        done = int(ends[first] - lengths[first])
+        for target, source in zip(out, arrays):
+            np.take(source, rows, out=target[done:done + len(rows)])
+        first = last
+    return out
 
 
 def gather_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -110,11 +110,11 @@ def drop_consecutive_repeats(table: EventTable) -> EventTable:
 
 
 def _min_session_length(table: EventTable, length: int) -> EventTable:
-    return _keep(table, table.sessions.counts() >= length)
+    return _keep(table, table.sessions.count_at_least(length))
 
 
 def _min_item_support(table: EventTable, support: int) -> EventTable:
-    return _keep(table, table.items.counts() >= support)
+    return _keep(table, table.items.count_at_least(support))
 
 
 def filter_single_pass(table: EventTable, min_item_support: int = MIN_ITEM_SUPPORT) -> EventTable:
@@ -140,13 +140,16 @@ def filter_until_stable(table: EventTable, min_item_support: int = MIN_ITEM_SUPP
             return table
 
 
-def _session_bounds(table: EventTable) -> tuple[np.ndarray, np.ndarray]:
-    """(first, last) time of each event's session, one value per event."""
+def _sessions_at_or_after(table: EventTable, bound: str, when: float) -> np.ndarray:
+    """For each event, whether its session's ``bound`` ("first" or "last") time is ``when`` or later."""
     codes = table.sessions.codes
-    first, last = np.full(len(table.sessions.values), np.inf), np.full(len(table.sessions.values), -np.inf)
-    np.minimum.at(first, codes, table.times)
-    np.maximum.at(last, codes, table.times)
-    return first[codes], last[codes]
+    if bound == "first":
+        times = np.full(len(table.sessions.values), np.inf)
+        np.minimum.at(times, codes, table.times)
+    else:
+        times = np.full(len(table.sessions.values), -np.inf)
+        np.maximum.at(times, codes, table.times)
+    return (times >= when)[codes]
 
 
 def split_by_session_end(
@@ -159,7 +162,7 @@ def split_by_session_end(
     if len(table) == 0:
         return table, table
     end = table.times.max() if end is None else end
-    in_test = _session_bounds(table)[1] >= end - days * DAY
+    in_test = _sessions_at_or_after(table, "last", end - days * DAY)
     return table.take(~in_test), table.take(in_test)
 
 
@@ -175,7 +178,7 @@ def split_by_session_start(
     if len(table) == 0:
         return table, table
     end = table.times.max() if end is None else end
-    in_test = _session_bounds(table)[0] >= end - days * DAY
+    in_test = _sessions_at_or_after(table, "first", end - days * DAY)
     return table.take(~in_test), table.take(in_test)
 
 
@@ -241,7 +244,9 @@ def preprocess_2016(
     """The RSC15 protocol of the GRU4Rec paper: no de-duplication, one pass of filters, split by session end."""
     _check_parameters(test_days, min_item_support)
     with Progress.stage("sorting and filtering"):
-        filtered = filter_single_pass(sort_events(events), min_item_support)
+        events = sort_events(events)
+        filtered = filter_single_pass(events, min_item_support)
+        del events  # (the caller may have let go of it: at full size it is gigabytes)
     _require_filtered(filtered, min_item_support, source)
     period = f"last {test_days:g} day(s)"
     with Progress.stage("splitting"):
@@ -264,7 +269,9 @@ def preprocess_2023(
     """The protocol of Hidasi & Czapp (2023): repeats dropped, filters until stable, split by session start."""
     _check_parameters(test_days, min_item_support)
     with Progress.stage("sorting and filtering"):
-        filtered = filter_until_stable(drop_consecutive_repeats(sort_events(events)), min_item_support)
+        events = drop_consecutive_repeats(sort_events(events))
+        filtered = filter_until_stable(events, min_item_support)
+        del events  # (the caller may have let go of it: at full size it is gigabytes)
     _require_filtered(filtered, min_item_support, source)
     test_start = filtered.times.max() - test_days * DAY
     with Progress.stage("splitting"):
@@ -551,9 +558,20 @@ def _narrow(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _join_blocks(blocks: list[np.ndarray]) -> np.ndarray:
+    """The blocks one after another; each is freed once copied (memory stays near the result's)."""
+    out = np.empty(sum(len(b) for b in blocks), np.result_type(*blocks))
+    done = 0
+    while blocks:
+        block = blocks.pop(0)
+        out[done:done + len(block)] = block
+        done += len(block)
+    return out
+
+
 def _read_otto_fast(path: str, event_types: Sequence[str], session_gap: float) -> EventTable:
     keep_all = session_gap > 0  # idle gaps are measured over events of every kind
-    columns: dict[str, list[np.ndarray]] = {"session": [], "aid": [], "ts": [], "view": []}
+    columns: dict[str, list[np.ndarray]] = {"session": [], "aid": [], "time": [], "view": []}
     kinds_seen: set[str] = set()
     n_events = n_views = 0
     progress = Progress(f"reading {os.path.basename(path)}",
@@ -575,7 +593,7 @@ def _read_otto_fast(path: str, event_types: Sequence[str], session_gap: float) -
                 pick = slice(None) if keep_all else view
                 columns["session"].append(_narrow(session[pick]))
                 columns["aid"].append(_narrow(flat.field("aid").to_numpy()[pick]))
-                columns["ts"].append(flat.field("ts").to_numpy()[pick])
+                columns["time"].append(flat.field("ts").to_numpy()[pick] / 1000.0)
                 if keep_all:
                     columns["view"].append(view)
                 n_events += len(view)
@@ -588,13 +606,12 @@ def _read_otto_fast(path: str, event_types: Sequence[str], session_gap: float) -
     if n_views == 0:
         raise DataError(f"{path}: no events of kind {', '.join(event_types)} (kinds present: "
                         f"{', '.join(sorted(kinds_seen))})")
-    # One column at a time, each block list freed once joined: memory stays near the final arrays.
-    times = np.concatenate(columns.pop("ts")) / 1000.0
-    sessions = _int_ids(np.concatenate(columns.pop("session")))
-    items = _int_ids(np.concatenate(columns.pop("aid")))
+    times = _join_blocks(columns["time"])
+    sessions = _int_ids(_join_blocks(columns["session"]))
+    items = _int_ids(_join_blocks(columns["aid"]))
     if not keep_all:
         return EventTable(sessions, items, times)
-    view = np.concatenate(columns.pop("view"))
+    view = _join_blocks(columns["view"])
     kinds = IdColumn(codes=view.astype(np.int32), values=np.asarray(["other", "view"]))
     return _sessions_and_views(sessions, items, times, kinds, ["view"], session_gap, path)
 
@@ -940,10 +957,12 @@ def prepare(
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     spec = DATASETS[dataset]
-    events = spec.reader(raw_path, **(reader_options or {}))
+    events = [spec.reader(raw_path, **(reader_options or {}))]
+    raw = table_stats(events[0])
     days = spec.test_days if test_days is None else test_days
-    splits = spec.protocol(events, test_days=days, min_item_support=min_item_support, source=raw_path)
-    return splits, {"raw": table_stats(events), **splits.summary()}
+    # Handed over (popped), so that the protocol can free the raw events once it has filtered them.
+    splits = spec.protocol(events.pop(), test_days=days, min_item_support=min_item_support, source=raw_path)
+    return splits, {"raw": raw, **splits.summary()}
 
 
 def write_splits(splits: Splits, out_dir: str) -> list[str]:
