@@ -524,11 +524,12 @@ def format_floats(values: np.ndarray) -> pa.Array:
     magnitude = np.abs(values)
     positional = (magnitude < 1e16) & ((magnitude >= 1e-4) | (magnitude == 0))  # where repr writes no exponent
     exponent = pc.match_substring(text, "e").to_numpy(zero_copy_only=False)
-    integer = positional & (values == np.floor(values)) & (magnitude < 2.0 ** 53)
+    negative_zero = (values == 0) & np.signbit(values)
+    integer = positional & (values == np.floor(values)) & (magnitude < 2.0 ** 53) & ~negative_zero
     # Integers: digits, then ".0" (pyarrow writes "12" or "1.2e+12").
     as_integer = pc.binary_join_element_wise(pc.cast(pa.array(values[integer].astype(np.int64)), pa.string()), ".0", "")
     text = pc.replace_with_mask(text, pa.array(integer), as_integer)
-    rest = ~integer & (exponent | ~positional)
+    rest = ~integer & (exponent | ~positional | negative_zero)
     if rest.any():
         text = pc.replace_with_mask(text, pa.array(rest), pa.array([repr(float(v)) for v in values[rest]], pa.string()))
     return text
