@@ -9,44 +9,51 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import benchmark_data
 from gru4rec_jax import data, preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (experiments.benchmark_data defines absl flags: imported here it would clash with other tests' modules.)
+OTTO_START_MS, OTTO_SPAN_MS, OTTO_ITEMS = 1_659_304_800_000, 28 * 86_400_000, 1_855_603
 
 
+def _generate(tmp_path, *flags):
+    ran = subprocess.run([sys.executable, "-m", "experiments.benchmark_data", "--generate_only",
+                          f"--data_dir={tmp_path}", *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    return dict(line.split(": ", 1) for line in ran.stdout.splitlines())
+
+
+@pytest.mark.host_process
 def test_generated_rsc15_files(tmp_path):
     """Raw yoochoose-like lines; the TSV holds the sessions of >= 2 clicks, as the converter reads them."""
-    raw, tsv = str(tmp_path / "clicks.dat"), str(tmp_path / "train.tsv")
-    sizes = benchmark_data.generate_rsc15(20_000, raw, tsv, seed=3)
+    paths = _generate(tmp_path, "--events=20000", "--seed=3")
+    raw, tsv = paths["raw"], paths["tsv"]
     with open(raw, newline="") as f:
         rows = list(csv.reader(f))
-    assert len(rows) == sizes["raw_events"] == 20_000
+    assert len(rows) == 20_000
     assert all(len(r) == 4 and r[1].endswith("Z") and r[0].isdigit() and r[2].isdigit() for r in rows)
     lengths = {}
     for r in rows:
         lengths[r[0]] = lengths.get(r[0], 0) + 1
-    assert len(lengths) == sizes["sessions"]
     assert 0.05 < sum(n == 1 for n in lengths.values()) / len(lengths) < 0.25  # single clicks, as in RSC15
     converted = preprocess.read_rsc15(raw)
     in_tsv = np.asarray([lengths[s] > 1 for s in converted.session_ids.tolist()])
     table = data.read_events(tsv)
-    assert len(table) == sizes["tsv_events"] == int(in_tsv.sum())
+    assert len(table) == int(in_tsv.sum())
     for column in ("session_ids", "item_ids", "times"):
         np.testing.assert_array_equal(getattr(table, column), getattr(converted, column)[in_tsv])
 
 
+@pytest.mark.host_process
 def test_generated_otto_file(tmp_path):
-    path = str(tmp_path / "train.jsonl")
-    sizes = benchmark_data.generate_otto(5_000, path, seed=4)
+    path = _generate(tmp_path, "--dataset=otto", "--events=5000", "--seed=4")["raw"]
     with open(path) as f:
         sessions = [json.loads(line) for line in f]
     events = [e for s in sessions for e in s["events"]]
-    assert len(events) == sizes["events"] == 5_000 and len(sessions) == sizes["sessions"]
+    assert len(events) == 5_000
     assert [s["session"] for s in sessions] == list(range(len(sessions)))
     assert {e["type"] for e in events} <= {"clicks", "carts", "orders"}
-    start, end = benchmark_data.OTTO_START_MS, benchmark_data.OTTO_START_MS + benchmark_data.OTTO_SPAN_MS
-    assert all(start <= e["ts"] <= end and 0 <= e["aid"] < benchmark_data.OTTO_ITEMS for e in events)
+    assert all(OTTO_START_MS <= e["ts"] <= OTTO_START_MS + OTTO_SPAN_MS and 0 <= e["aid"] < OTTO_ITEMS for e in events)
     assert all(all(a["ts"] <= b["ts"] for a, b in zip(s["events"], s["events"][1:])) for s in sessions)
 
 
