@@ -74,6 +74,14 @@ def numpy_strings(array: Union[pa.Array, pa.ChunkedArray]) -> np.ndarray:
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=str)
 
 
+def arrow_strings(values: np.ndarray) -> pa.Array:
+    """A numpy str array as a pyarrow string array."""
+    values = np.asarray(values, dtype=str)
+    if values.size and np.any(np.char.find(values, "\x00") >= 0):
+        return pa.array(values.tolist(), pa.string())  # pyarrow's numpy conversion would cut at the NUL
+    return pa.array(values, pa.string())
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class IdColumn:
     """A column of opaque string ids, dictionary-encoded: row ``r`` holds ``values[codes[r]]``.
@@ -93,7 +101,7 @@ class IdColumn:
         strings = np.asarray(ids)
         if strings.dtype.kind != "U":
             strings = strings.astype(str)
-        return cls.from_arrow(pa.array(strings.reshape(-1), type=pa.string()))
+        return cls.from_arrow(arrow_strings(strings.reshape(-1)))
 
     @classmethod
     def from_arrow(cls, array: Union[pa.Array, pa.ChunkedArray]) -> "IdColumn":
@@ -169,7 +177,7 @@ def index_in(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int32)
     if len(values) == 0:
         return np.full(len(ids), -1, np.int32)
-    found = pc.index_in(pa.array(np.asarray(ids, dtype=str), pa.string()), value_set=pa.array(values, pa.string()))
+    found = pc.index_in(arrow_strings(ids), value_set=arrow_strings(values))
     return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
 
 
@@ -537,7 +545,7 @@ def format_floats(values: np.ndarray) -> pa.Array:
 
 def _arrow_ids(column: IdColumn, values: Optional[pa.Array] = None, decode: bool = False) -> pa.Array:
     """``column`` as a pyarrow dictionary array, or ``decode``-d to strings (``values``: its values converted)."""
-    values = pa.array(column.values, pa.string()) if values is None else values
+    values = arrow_strings(column.values) if values is None else values
     if decode:  # the CSV writer would convert the whole dictionary for each of its small batches
         return values.take(pa.array(column.codes, pa.int32()))
     return pa.DictionaryArray.from_arrays(pa.array(column.codes, pa.int32()), values)
@@ -577,7 +585,7 @@ def write_events(
         if isinstance(column, IdColumn) and np.any(np.char.find(column.values, delimiter) >= 0):
             raise DataError(f"{path}: a {name} value contains the delimiter {delimiter!r}; cannot write it")
     options = pa_csv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none")
-    values = [None if isinstance(c, np.ndarray) else pa.array(c.values, pa.string()) for c in columns]
+    values = [None if isinstance(c, np.ndarray) else arrow_strings(c.values) for c in columns]
     progress = Progress(f"writing {os.path.basename(path)}", total=len(table), unit="M rows")
     with pa.output_stream(path, compression="detect") as f:
         f.write((delimiter.join(names) + "\n").encode("utf-8"))
@@ -663,7 +671,7 @@ class Sessions:
 def _integer_values(values: np.ndarray) -> Optional[np.ndarray]:
     """``values`` as int64 if every one is an integer's text, else None."""
     try:
-        return pc.cast(pa.array(values, pa.string()), pa.int64()).to_numpy(zero_copy_only=False)
+        return pc.cast(arrow_strings(values), pa.int64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     try:  # what pyarrow refuses but Python's int() takes (" 7", "1_000")

@@ -41,8 +41,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
 from gru4rec_jax.data import (
-    COMPRESSED_SUFFIXES, BLOCK_SIZE, DataError, EventTable, IdColumn, Progress, csv_batches, numpy_strings, session_sort_keys,
-    session_time_order, write_events,
+    BLOCK_SIZE, COMPRESSED_SUFFIXES, DataError, EventTable, IdColumn, Progress, arrow_strings, csv_batches,
+    numpy_strings, session_sort_keys, session_time_order, write_events,
 )
 from gru4rec_jax.user_data import idle_gap_sessions
 
@@ -365,7 +365,7 @@ def _clean_ids(chunks: list[pa.Array], integer: bool) -> IdColumn:
     stripped = np.char.strip(column.values)
     if np.any(stripped == ""):
         raise _Unusual
-    if integer and not np.all(pc.match_substring_regex(pa.array(stripped, pa.string()), _INTEGER)
+    if integer and not np.all(pc.match_substring_regex(arrow_strings(stripped), _INTEGER)
                               .to_numpy(zero_copy_only=False)):
         raise _Unusual
     if np.array_equal(stripped, column.values):

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from gru4rec_jax.batching import assign_lanes
 from gru4rec_jax.data import (
-    DataError, EventTable, IdColumn, ItemMap, Sessions, gather_ranges, group_sessions, numpy_strings,
+    DataError, EventTable, IdColumn, ItemMap, Sessions, arrow_strings, gather_ranges, group_sessions, numpy_strings,
     session_sort_keys, session_time_order,
 )
 
@@ -56,7 +56,7 @@ def idle_gap_sessions(users: IdColumn, times: np.ndarray, gap: float) -> IdColum
     starts = np.flatnonzero(new_session)
     first_of_user = np.maximum.accumulate(np.where(new_user[starts], np.arange(len(starts)), 0))
     labels = pc.binary_join_element_wise(
-        pa.array(users.values[user_codes[starts]], pa.string()),
+        arrow_strings(users.values[user_codes[starts]]),
         pc.cast(pa.array(np.arange(len(starts)) - first_of_user), pa.string()), ":")
     codes = session_no.astype(np.int32)
     if order is not None:

@@ -562,6 +562,9 @@ def test_id_column_codes_values_take_and_concatenate():
     joined = IdColumn.concatenate([part, IdColumn.encode(["z", "b"])])
     assert joined.decode().tolist() == ["b", "c", "z", "b"] and len(set(joined.values.tolist())) == len(joined.values)
     assert column.count_at_least(2).tolist() == [True, False, True, False]
+    # Vocabularies of any text: empty, non-ASCII, a NUL inside (not numpy's padding).
+    odd = ["", "é", "a\x00b", "日本", "a", ""]
+    assert IdColumn.encode(odd).decode().tolist() == odd
 
 
 def test_item_map_of_a_column_equals_that_of_its_strings():
