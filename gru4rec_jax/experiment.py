@@ -105,7 +105,7 @@ def _load_tables(cfg: DataConfig, log, with_users: bool = False):
 
 
 def _with_gap_sessions(table, gap):
-    return dataclasses.replace(table, session_ids=user_data.sessions_by_idle_gap(table.user_ids, table.times, gap))
+    return table.replace(session_ids=user_data.idle_gap_sessions(table.users, table.times, gap))
 
 
 def _read_tables(cfg: DataConfig, log, with_users: bool):
@@ -134,15 +134,16 @@ def _read_tables(cfg: DataConfig, log, with_users: bool):
 
 def _replay_data(train_table, test_table, item_map, source) -> user_data.UserSessions:
     """Each test user's training sessions followed by the test session (the user's last)."""
-    test_users = np.unique(test_table.user_ids)
-    history = np.isin(train_table.user_ids, test_users)
+    test_users = test_table.users.values[test_table.users.used()]
+    history = train_table.take(np.isin(train_table.users.values, test_users)[train_table.users.codes])
     # Keep test session ids apart from training ones.
+    sessions = [data_lib.IdColumn(c.codes, np.char.add(prefix, c.values))
+                for prefix, c in (("train:", history.sessions), ("test:", test_table.sessions))]
     combined = data_lib.EventTable(
-        session_ids=np.concatenate([np.char.add("train:", train_table.session_ids[history].astype(str)),
-                                    np.char.add("test:", test_table.session_ids.astype(str))]),
-        item_ids=np.concatenate([train_table.item_ids[history], test_table.item_ids]),
-        times=np.concatenate([train_table.times[history], test_table.times]),
-        user_ids=np.concatenate([train_table.user_ids[history], test_table.user_ids]),
+        session_ids=data_lib.IdColumn.concatenate(sessions),
+        item_ids=data_lib.IdColumn.concatenate([history.items, test_table.items]),
+        times=np.concatenate([history.times, test_table.times]),
+        user_ids=data_lib.IdColumn.concatenate([history.users, test_table.users]),
     )
     return user_data.build_user_sessions(combined, item_map, source=source)
 
@@ -203,7 +204,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         if needs_training:
             log("resuming with the checkpoint's hyperparameters")
     else:
-        item_map = data_lib.ItemMap.from_training(train_table.item_ids)
+        item_map = data_lib.ItemMap.from_training(train_table.items)
         model_config = ModelConfig(
             n_items=len(item_map), layers=cfg.layers,
             embedding=cfg.embedding, embedding_dim=cfg.embedding_dim, cell=cfg.cell,
@@ -223,7 +224,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
                 f"{train_data.n_users} users, {len(item_map)} items")
         else:
             if model_name == "concat":  # one sequence per user
-                train_table = dataclasses.replace(train_table, session_ids=train_table.user_ids)
+                train_table = train_table.replace(session_ids=train_table.users)
             train_data = data_lib.build_sessions(train_table, item_map, source=source)
             log(f"training data: {train_data.n_events} events, {train_data.n_sessions} sessions, "
                 f"{len(item_map)} items")
