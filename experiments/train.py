@@ -11,6 +11,7 @@ than the checkpoint's epoch resumes its training.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -84,6 +85,7 @@ _I("eval_batch_size", 512, "Session lanes during evaluation.")
 # Checkpoints and outputs.
 _D("save_path", "", "Directory for checkpoints (one per epoch).")
 _D("load_path", "", "Checkpoint directory to evaluate or resume.")
+_I("load_epoch", 0, "With --load_path: the epoch whose checkpoint to load (one of the last two saved); 0 = the latest.")
 _D("metrics_out", "", "Write the metrics as JSON to this file.")
 # Devices and hosts.
 _D("mesh", "", "Device mesh, e.g. 'items:8' (item tables sharded by rows over 8 devices) or 'data:2,items:4' "
@@ -140,6 +142,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
         hrnn_mode=FLAGS.hrnn_mode,
         save_path=FLAGS.save_path,
         load_path=FLAGS.load_path,
+        load_epoch=FLAGS.load_epoch,
         resume=bool(FLAGS.load_path) and FLAGS["n_epochs"].present,
         metrics_out=FLAGS.metrics_out,
         mesh=FLAGS.mesh,
@@ -163,7 +166,11 @@ def main(argv):
         OSError,
     ) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        sys.exit(f"error: {message}")
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        # Nothing may follow the one line: after a damaged checkpoint, reads
+        # orbax abandoned can still print tracebacks from TensorStore's threads.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

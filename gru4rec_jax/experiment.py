@@ -71,6 +71,7 @@ class ExperimentConfig:
     hrnn_mode: str = "init"
     save_path: str = ""
     load_path: str = ""
+    load_epoch: int = 0  # with load_path: the epoch to load; 0 = the latest
     resume: bool = False  # with load_path: train on up to train.n_epochs
     metrics_out: str = ""
     mesh: str = ""  # e.g. "items:8" or "data:2,items:4" (sharding.parse_mesh); empty: one device
@@ -166,11 +167,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         log(f"mesh {mesh_spec} over {mesh.size} devices ({jax.process_count()} process(es))")
     restored: Optional[checkpoint_lib.Checkpoint] = None
     if cfg.load_path:
-        restored = checkpoint_lib.load(cfg.load_path, mesh=mesh)
+        restored = checkpoint_lib.load(cfg.load_path, epoch=cfg.load_epoch or None, mesh=mesh)
         log(f"restored {cfg.load_path} (epoch {restored.epoch}, {len(restored.item_map)} items)")
     save_path = cfg.save_path or (cfg.load_path if cfg.resume else "")
     if save_path and os.path.abspath(save_path) != os.path.abspath(cfg.load_path or "\0"):
-        if checkpoint_lib.save_dir_has_checkpoints(save_path):
+        if checkpoint_lib.saved_epochs(save_path):
             raise checkpoint_lib.CheckpointError(
                 f"{save_path} already holds checkpoints; choose another --save_path "
                 f"or resume from it with --load_path"

@@ -64,6 +64,23 @@ def test_refuses_to_overwrite_checkpoints(tmp_path):
     assert sorted(glob.glob(str(ckpt / "**"), recursive=True)) == before
 
 
+def test_damaged_checkpoint_is_a_one_line_error_and_an_older_epoch_loads(tmp_path):
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.json"
+    run_cli(*SMALL, "--n_epochs=2", f"--save_path={ckpt}", f"--metrics_out={metrics}")
+    manifest = ckpt / "2" / "state" / "manifest.ocdbt"
+    manifest.write_bytes(bytes(range(256))[: len(manifest.read_bytes())])  # overwritten with garbage
+    damaged = f"error: {ckpt}: the checkpoint of epoch 2 is damaged or unreadable ("
+    hint = "; epoch 1 is also there: --load_epoch=1 loads it"
+    for args in ([], ["--n_epochs=3"]):  # evaluating, resuming
+        line = _error_line(run_cli(f"--load_path={ckpt}", *args, check=False))
+        assert line.startswith(damaged) and line.endswith(hint), line
+
+    # Epoch 1 still loads, by its number.
+    epoch_1 = tmp_path / "epoch1.json"
+    run_cli(f"--load_path={ckpt}", "--load_epoch=1", f"--metrics_out={epoch_1}")
+    assert json.loads(epoch_1.read_text())["epoch_losses"] == json.loads(metrics.read_text())["epoch_losses"][:1]
+
+
 def _tsv(path, header, rows):
     path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
     return str(path)
