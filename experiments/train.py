@@ -6,7 +6,9 @@ r"""Train and evaluate GRU4Rec from the command line.
 
 Flag names follow the reference implementation's parameters. With
 --load_path, a checkpoint is evaluated; adding an explicit --n_epochs larger
-than the checkpoint's epoch resumes its training.
+than the checkpoint's epoch resumes its training. After a crash, rerun the
+training command with --load_path set to its --save_path: it resumes from the
+last finished epoch and ends as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ flags.DEFINE_list("cutoffs", ["1", "5", "10", "20"], "Cut-offs K of Recall@K and
 _I("eval_batch_size", 512, "Session lanes during evaluation.")
 # Checkpoints and outputs.
 _D("save_path", "", "Directory for checkpoints (one per epoch).")
-_D("load_path", "", "Checkpoint directory to evaluate or resume.")
+_D("load_path", "", "Checkpoint directory to evaluate, or to resume: with an explicit --n_epochs beyond its epoch, "
+   "or with --save_path set to the same directory (the training command rerun with --load_path).")
 _I("load_epoch", 0, "With --load_path: the epoch whose checkpoint to load (one of the last two saved); 0 = the latest.")
 _D("metrics_out", "", "Write the metrics as JSON to this file.")
 # Devices and hosts.

@@ -72,7 +72,9 @@ class ExperimentConfig:
     save_path: str = ""
     load_path: str = ""
     load_epoch: int = 0  # with load_path: the epoch to load; 0 = the latest
-    resume: bool = False  # with load_path: train on up to train.n_epochs
+    # With load_path: train on up to train.n_epochs. (Without it, a save_path equal to
+    # load_path also resumes: up to the n_epochs the checkpoint's run was started with.)
+    resume: bool = False
     metrics_out: str = ""
     mesh: str = ""  # e.g. "items:8" or "data:2,items:4" (sharding.parse_mesh); empty: one device
 
@@ -88,6 +90,27 @@ def write_json_atomic(path: str, payload: dict) -> None:
 
 
 MODELS = ("gru4rec", "hrnn", "concat")
+
+
+def _same_directory(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_save_path(save_path: str, restored, load_path: str) -> None:
+    """Refuses a ``save_path`` whose checkpoints training would mix with its own or delete."""
+    saved = checkpoint_lib.saved_epochs(save_path)
+    if not saved:
+        return
+    if restored is None or not _same_directory(save_path, load_path):
+        raise checkpoint_lib.CheckpointError(
+            f"{save_path} already holds checkpoints (up to epoch {saved[-1]}); to resume them, add "
+            f"--load_path={save_path}; to start another run, choose another --save_path"
+        )
+    if saved[-1] > restored.epoch:
+        raise checkpoint_lib.CheckpointError(
+            f"{save_path} holds checkpoints after epoch {restored.epoch} (up to epoch {saved[-1]}); "
+            f"to resume from epoch {restored.epoch}, choose another --save_path"
+        )
 
 
 def _load_tables(cfg: DataConfig, log, with_users: bool = False):
@@ -156,6 +179,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     to ``save_path``; a path that already holds checkpoints of another run is
     refused rather than overwritten. ``cfg.mesh`` spreads the item tables
     and lanes over devices (:mod:`gru4rec_jax.sharding`).
+
+    With ``load_path``, training resumes when ``cfg.resume`` asks for more
+    epochs than the checkpoint has, or when ``save_path`` is ``load_path``
+    (the training command rerun with ``--load_path``: it finishes the epochs
+    that run was started with); otherwise the checkpoint is evaluated.
     """
     mesh = None
     mesh_spec = sharding_lib.parse_mesh(cfg.mesh)
@@ -166,16 +194,20 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
             sharding_lib.check_batch_size(mesh, cfg.train.batch_size)
         log(f"mesh {mesh_spec} over {mesh.size} devices ({jax.process_count()} process(es))")
     restored: Optional[checkpoint_lib.Checkpoint] = None
+    target_epochs = cfg.train.n_epochs
     if cfg.load_path:
         restored = checkpoint_lib.load(cfg.load_path, epoch=cfg.load_epoch or None, mesh=mesh)
         log(f"restored {cfg.load_path} (epoch {restored.epoch}, {len(restored.item_map)} items)")
-    save_path = cfg.save_path or (cfg.load_path if cfg.resume else "")
-    if save_path and os.path.abspath(save_path) != os.path.abspath(cfg.load_path or "\0"):
-        if checkpoint_lib.saved_epochs(save_path):
-            raise checkpoint_lib.CheckpointError(
-                f"{save_path} already holds checkpoints; choose another --save_path "
-                f"or resume from it with --load_path"
-            )
+        if not cfg.resume:
+            rerun = bool(cfg.save_path) and _same_directory(cfg.save_path, cfg.load_path)
+            target_epochs = restored.train_config.n_epochs if rerun else restored.epoch
+    needs_training = restored is None or target_epochs > restored.epoch
+    save_path = cfg.save_path or (cfg.load_path if needs_training and restored is not None else "")
+    if needs_training and save_path:
+        _check_save_path(save_path, restored, cfg.load_path)
+    if restored is not None and not needs_training and restored.epoch < restored.train_config.n_epochs:
+        log(f"evaluating the checkpoint of epoch {restored.epoch} as it is (its run was to train "
+            f"{restored.train_config.n_epochs} epochs: --n_epochs={restored.train_config.n_epochs} trains on)")
 
     data_cfg = cfg.data
     model_name = cfg.model
@@ -186,7 +218,6 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
     user_aware = model_name != "gru4rec"
-    needs_training = restored is None or (cfg.resume and cfg.train.n_epochs > restored.epoch)
     if restored is None or needs_training or not data_cfg.test_path or user_aware:
         # (User-aware evaluation replays each test user's training sessions.)
         train_table, test_table = _load_tables(data_cfg, log, with_users=user_aware)
@@ -199,7 +230,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
 
     if restored is not None:
         item_map, model_config = restored.item_map, restored.model_config
-        train_config = dataclasses.replace(restored.train_config, n_epochs=cfg.train.n_epochs)
+        train_config = dataclasses.replace(restored.train_config, n_epochs=target_epochs)
         state, start_epoch, epoch_losses = restored.state, restored.epoch, list(restored.epoch_losses)
         if needs_training:
             log("resuming with the checkpoint's hyperparameters")
