@@ -14,6 +14,7 @@ import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gru4rec_jax import checkpoint as checkpoint_lib
@@ -113,6 +114,12 @@ def _check_save_path(save_path: str, restored, load_path: str) -> None:
         )
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.inexact)]))
+
+
 def _load_tables(cfg: DataConfig, log, with_users: bool = False):
     """(train table, test table or None); dwell-time boosting applies to the train table only."""
     train, test = _read_tables(cfg, log, with_users)
@@ -177,8 +184,10 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     Raises DataError, CheckpointError, TrainingError or ValueError with a
     one-line message on bad input. Checkpoints are written after every epoch
     to ``save_path``; a path that already holds checkpoints of another run is
-    refused rather than overwritten. ``cfg.mesh`` spreads the item tables
-    and lanes over devices (:mod:`gru4rec_jax.sharding`).
+    refused rather than overwritten. A run that fails (bad data, divergence)
+    leaves the checkpoints already written and ``metrics_out`` as they were.
+    ``cfg.mesh`` spreads the item tables and lanes over devices
+    (:mod:`gru4rec_jax.sharding`).
 
     With ``load_path``, training resumes when ``cfg.resume`` asks for more
     epochs than the checkpoint has, or when ``save_path`` is ``load_path``
@@ -193,6 +202,8 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         if not cfg.load_path:
             sharding_lib.check_batch_size(mesh, cfg.train.batch_size)
         log(f"mesh {mesh_spec} over {mesh.size} devices ({jax.process_count()} process(es))")
+    if cfg.metrics_out and os.path.isdir(cfg.metrics_out):
+        raise ValueError(f"--metrics_out {cfg.metrics_out} is a directory; give a file name")
     restored: Optional[checkpoint_lib.Checkpoint] = None
     target_epochs = cfg.train.n_epochs
     if cfg.load_path:
@@ -259,9 +270,27 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
             train_data = data_lib.build_sessions(train_table, item_map, source=source)
             log(f"training data: {train_data.n_events} events, {train_data.n_sessions} sessions, "
                 f"{len(item_map)} items")
+
+    # Test sessions before training: bad test data stops the run now, not after it.
+    test_sessions = None
+    if test_table is not None:
+        source = data_cfg.test_path or "synthetic test data"
+        if user_aware:
+            test_sessions = _replay_data(train_table, test_table, item_map, source)
+        else:
+            test_sessions = data_lib.build_sessions(test_table, item_map, source=source)
+
+    if needs_training:
         writer = checkpoint_lib.CheckpointWriter(save_path) if save_path else None
 
         def on_epoch_end(state, stats):
+            # A finite loss does not prove finite parameters (the last step's
+            # update comes after its loss): never save or evaluate such a state.
+            if not _all_finite(state):
+                raise training.TrainingError(
+                    f"non-finite parameters after epoch {stats.epoch} (its loss was finite); "
+                    f"stopped (lower the learning rate?)"
+                )
             epoch_losses.append(stats.loss)
             if writer is not None:
                 writer.save(
@@ -275,6 +304,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
                 train_data, model_config, train_config, state=state,
                 start_epoch=start_epoch, on_epoch_end=on_epoch_end, log=log, mesh=mesh,
             )
+        except training.TrainingError as error:
+            kept = checkpoint_lib.saved_epochs(save_path) if save_path else []
+            if kept:
+                raise training.TrainingError(f"{error}; {save_path} keeps the checkpoint of epoch {kept[-1]}") from None
+            raise
         finally:
             if writer is not None:
                 writer.close()
@@ -289,12 +323,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     else:
         metrics["train_events_per_sec"] = None
 
-    if test_table is not None:
-        source = data_cfg.test_path or "synthetic test data"
-        if user_aware:
-            test_sessions = _replay_data(train_table, test_table, item_map, source)
-        else:
-            test_sessions = data_lib.build_sessions(test_table, item_map, source=source)
+    if test_sessions is not None:
         t0 = time.perf_counter()
         results = evaluation.evaluate(
             state.params, model_config, test_sessions, cutoffs=cfg.eval.cutoffs,

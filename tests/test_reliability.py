@@ -1,10 +1,11 @@
-"""Faults: the same seed twice, a run killed and resumed.
+"""Faults: the same seed twice, a run killed and resumed, divergence, what a failing run leaves behind.
 
 The subprocess tests run the real CLI; a killed run is killed with SIGKILL.
 Damaged checkpoints are covered in test_checkpoint.py (library) and
 test_cli.py (one-line errors).
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
 import pytest
 
 from gru4rec_jax import checkpoint, experiment, training
@@ -21,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # kill sent as soon as epoch 1's checkpoint appears lands inside epoch 2.
 MEDIUM = ["--synthetic_sessions=10000", "--synthetic_items=2000", "--batch_size=32", "--n_sample=2048",
           "--layers=64", "--eval_batch_size=256", "--n_epochs=3"]
+SMALL = ["--synthetic_sessions=300", "--synthetic_items=50", "--batch_size=8", "--n_sample=16",
+         "--layers=16", "--eval_batch_size=64"]
 TIMINGS = ("train_events_per_sec", "train_batches_per_sec", "eval_events_per_sec")
 
 
@@ -145,3 +149,85 @@ def test_run_killed_while_saving_resumes_to_the_uninterrupted_results(uninterrup
     assert _results(metrics) == uninterrupted
     assert checkpoint.saved_epochs(str(ckpt)) == [2, 3]
     assert sorted(os.listdir(ckpt)) == ["2", "3"]  # orbax replaced the temporary directory
+
+
+def _checkpoint_that_diverges(good, path, learning_rate=1e38):
+    """A copy of the checkpoint ``good`` whose run goes on with a learning rate that overflows."""
+    restored = checkpoint.load(good)
+    writer = checkpoint.CheckpointWriter(path)
+    writer.save(restored.state, model_config=restored.model_config,
+                train_config=dataclasses.replace(restored.train_config, learning_rate=learning_rate),
+                item_map=restored.item_map, epoch=restored.epoch, epoch_losses=restored.epoch_losses,
+                extra=restored.extra)
+    writer.close()
+
+
+def test_divergence_stops_with_one_line_and_loses_nothing(tmp_path):
+    good, diverging, metrics = tmp_path / "good", tmp_path / "diverging", tmp_path / "metrics.json"
+    _cli(SMALL + ["--n_epochs=1", f"--save_path={good}"])
+    _checkpoint_that_diverges(str(good), str(diverging))
+    _cli([f"--load_path={diverging}", f"--metrics_out={tmp_path / 'before.json'}"])
+    metrics.write_text('{"written": "by an earlier run"}')
+    files = _files(diverging)
+
+    line = _error_line(_cli([f"--load_path={diverging}", "--n_epochs=3", f"--metrics_out={metrics}"], check=False))
+    assert line == (f"error: non-finite training loss in epoch 2; stopped (lower the learning rate?); "
+                    f"{diverging} keeps the checkpoint of epoch 1")
+    # The last good checkpoint is untouched and evaluates as before; the metrics file is the earlier run's.
+    assert _files(diverging) == files
+    assert metrics.read_text() == '{"written": "by an earlier run"}'
+    _cli([f"--load_path={diverging}", f"--metrics_out={tmp_path / 'after.json'}"])
+    assert _results(tmp_path / "after.json") == _results(tmp_path / "before.json")
+
+
+def test_divergence_of_a_fresh_run_saves_nothing(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    line = _error_line(_cli(SMALL + ["--n_epochs=2", "--learning_rate=1e38", f"--save_path={ckpt}"], check=False))
+    assert line == "error: non-finite training loss in epoch 1; stopped (lower the learning rate?)"
+    assert checkpoint.saved_epochs(str(ckpt)) == []
+
+
+def test_non_finite_parameters_after_a_finite_loss_are_never_saved(tmp_path, monkeypatch):
+    """The last step's update comes after its loss: a finite epoch loss can end in non-finite parameters."""
+    fit = training.fit
+
+    def fit_whose_second_epoch_ends_in_inf(*args, on_epoch_end, **kwargs):
+        def poisoned(state, stats):
+            if stats.epoch == 2:
+                state = state.replace(params={**state.params, "tables": {
+                    **state.params["tables"], "By": state.params["tables"]["By"].at[0].set(jnp.inf)}})
+            on_epoch_end(state, stats)
+        return fit(*args, on_epoch_end=poisoned, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit_whose_second_epoch_ends_in_inf)
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "metrics.json"
+    config = experiment.ExperimentConfig(
+        data=experiment.DataConfig(synthetic_sessions=300, synthetic_items=50),
+        train=training.TrainConfig(batch_size=8, n_sample=16, n_epochs=3),
+        eval=experiment.EvalConfig(batch_size=64), layers=(16,), save_path=str(ckpt), metrics_out=str(metrics),
+    )
+    with pytest.raises(training.TrainingError) as caught:
+        experiment.run(config, log=lambda message: None)
+    assert str(caught.value) == (f"non-finite parameters after epoch 2 (its loss was finite); stopped "
+                                 f"(lower the learning rate?); {ckpt} keeps the checkpoint of epoch 1")
+    assert checkpoint.saved_epochs(str(ckpt)) == [1] and not metrics.exists()
+
+
+def test_bad_test_data_stops_the_run_before_training(tmp_path):
+    """Test data without a known item is found before training, not after it (no checkpoint is written)."""
+    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    train.write_text("SessionId\tItemId\tTime\n1\ta\t1\n1\tb\t2\n2\ta\t3\n2\tc\t4\n")
+    test.write_text("SessionId\tItemId\tTime\n5\tzz\t1\n5\tyy\t2\n")
+    ckpt = tmp_path / "ckpt"
+    line = _error_line(_cli([f"--train_path={train}", f"--test_path={test}", "--n_epochs=1", "--batch_size=2",
+                             "--n_sample=4", f"--save_path={ckpt}"], check=False))
+    assert "none of its" in line
+    assert checkpoint.saved_epochs(str(ckpt)) == []
+
+
+def test_metrics_out_that_is_a_directory_is_refused_before_training(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    line = _error_line(_cli(SMALL + ["--n_epochs=1", f"--save_path={ckpt}", f"--metrics_out={tmp_path}"],
+                            check=False))
+    assert line == f"error: --metrics_out {tmp_path} is a directory; give a file name"
+    assert checkpoint.saved_epochs(str(ckpt)) == []
