@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -206,7 +207,9 @@ def _stderr_held_back():
                 hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
                 asyncio_log = logging.getLogger("asyncio")
                 was_disabled, asyncio_log.disabled = asyncio_log.disabled, True
-                gc.collect()
+                with warnings.catch_warnings():  # "coroutine ... was never awaited"
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    gc.collect()
                 sys.unraisablehook, asyncio_log.disabled = hook, was_disabled
             sys.stderr.flush()
             os.dup2(saved, 2)

@@ -1,7 +1,9 @@
 """Save/restore round trips and the recommendation API."""
 
+import gc
 import os
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -117,11 +119,22 @@ def two_epochs(trained, tmp_path):
     return path, state
 
 
-# orbax leaves the reads it abandoned after a failed one to be collected later, with complaints.
-_ABANDONED_READS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.fixture()
+def abandoned_reads():
+    """orbax leaves the reads it abandons after a failed one to finish in TensorStore's threads and be
+    collected later, each with a complaint: let them finish here, so that no later test reports them."""
+    yield
+    time.sleep(0.5)
+    gc.collect()
 
 
-@_ABANDONED_READS
+def _abandoned(test):
+    """For tests whose loads fail: their abandoned reads are waited for, and their complaints ignored."""
+    ignored = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+    return pytest.mark.usefixtures("abandoned_reads")(ignored(test))
+
+
+@_abandoned
 @pytest.mark.parametrize("damage", [_garbage, _truncated, _missing, _emptied])
 def test_damaged_latest_checkpoint_is_a_one_line_error_naming_it(two_epochs, damage):
     path, state = two_epochs
@@ -165,7 +178,7 @@ def test_an_unfinished_save_is_never_taken_for_a_checkpoint(two_epochs):
     assert checkpoint.saved_epochs(path) == [1, 2]
 
 
-@_ABANDONED_READS
+@_abandoned
 def test_any_damaged_file_fails_loudly_or_changes_nothing(two_epochs, tmp_path):
     """Every file of a step, overwritten, truncated or deleted: the load either raises CheckpointError
     or restores exactly what was saved (some files are not read, e.g. commit markers)."""
