@@ -158,6 +158,7 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out of the output
     jax.config.update("jax_default_matmul_precision", FLAGS.matmul_precision)
+    checkpoint.ignore_abandoned_reads()  # a damaged checkpoint: one line, no tracebacks
     try:
         sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         experiment.run(config_from_flags())
@@ -170,8 +171,8 @@ def main(argv):
     ) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)
-        # Nothing may follow the one line: after a damaged checkpoint, reads
-        # orbax abandoned can still print tracebacks from TensorStore's threads.
+        # Nothing may follow the one line, not even what the interpreter's
+        # shutdown prints about objects orbax left behind.
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         sys.exit(1)
 

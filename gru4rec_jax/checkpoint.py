@@ -48,7 +48,7 @@ from gru4rec_jax import sharding as sharding_lib
 from gru4rec_jax import training
 from gru4rec_jax.data import ItemMap
 
-__all__ = ["Checkpoint", "CheckpointError", "saved_epochs", "CheckpointWriter", "load"]
+__all__ = ["Checkpoint", "CheckpointError", "saved_epochs", "CheckpointWriter", "load", "ignore_abandoned_reads"]
 
 
 class CheckpointError(ValueError):
@@ -218,6 +218,35 @@ def _stderr_held_back():
                 held.seek(0)
                 sys.stderr.buffer.write(held.read())
                 sys.stderr.flush()
+
+
+def ignore_abandoned_reads() -> None:
+    """From now on, keeps the complaints of abandoned checkpoint reads off stderr, for good (a CLI's choice).
+
+    After a failed read of a damaged checkpoint, the reads orbax abandoned print
+    "Event loop is closed" tracebacks as they finish (through ``sys.excepthook``,
+    from TensorStore's threads, at any later time) and complain again when their
+    coroutines are collected (``sys.unraisablehook``, asyncio's log). ``load``
+    holds most of that back while it runs; this drops the late ones too, and
+    nothing else.
+    """
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def closed_loop(error) -> bool:
+        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+    def quiet_excepthook(kind, error, traceback):
+        if not closed_loop(error):
+            excepthook(kind, error, traceback)
+
+    def quiet_unraisablehook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if not (closed_loop(unraisable.exc_value) or (code is not None and "orbax" in code.co_filename)):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+    logging.getLogger("asyncio").addFilter(lambda record: "exception was never retrieved" not in record.getMessage())
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def _listed(epochs: list[int]) -> str:
