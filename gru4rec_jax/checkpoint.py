@@ -192,7 +192,7 @@ def _stderr_held_back():
     tracebacks ("Event loop is closed", "Exception ignored in ...") that would
     bury the one-line error. Most come while the restore fails or when the
     abandoned coroutines are collected, which happens here before stderr is
-    given back.
+    given back; the later ones are what :func:`ignore_abandoned_reads` drops.
     """
     sys.stderr.flush()
     saved = os.dup(2)
