@@ -14,6 +14,7 @@ import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gru4rec_jax import checkpoint as checkpoint_lib
@@ -71,7 +72,10 @@ class ExperimentConfig:
     hrnn_mode: str = "init"
     save_path: str = ""
     load_path: str = ""
-    resume: bool = False  # with load_path: train on up to train.n_epochs
+    load_epoch: int = 0  # with load_path: the epoch to load; 0 = the latest
+    # With load_path: train on up to train.n_epochs. (Without it, a save_path equal to
+    # load_path also resumes: up to the n_epochs the checkpoint's run was started with.)
+    resume: bool = False
     metrics_out: str = ""
     mesh: str = ""  # e.g. "items:8" or "data:2,items:4" (sharding.parse_mesh); empty: one device
 
@@ -87,6 +91,33 @@ def write_json_atomic(path: str, payload: dict) -> None:
 
 
 MODELS = ("gru4rec", "hrnn", "concat")
+
+
+def _same_directory(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_save_path(save_path: str, restored, load_path: str) -> None:
+    """Refuses a ``save_path`` whose checkpoints training would mix with its own or delete."""
+    saved = checkpoint_lib.saved_epochs(save_path)
+    if not saved:
+        return
+    if restored is None or not _same_directory(save_path, load_path):
+        raise checkpoint_lib.CheckpointError(
+            f"{save_path} already holds checkpoints (up to epoch {saved[-1]}); to resume them, add "
+            f"--load_path={save_path}; to start another run, choose another --save_path"
+        )
+    if saved[-1] > restored.epoch:
+        raise checkpoint_lib.CheckpointError(
+            f"{save_path} holds checkpoints after epoch {restored.epoch} (up to epoch {saved[-1]}); "
+            f"to resume from epoch {restored.epoch}, choose another --save_path"
+        )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 def _load_tables(cfg: DataConfig, log, with_users: bool = False):
@@ -154,8 +185,15 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     Raises DataError, CheckpointError, TrainingError or ValueError with a
     one-line message on bad input. Checkpoints are written after every epoch
     to ``save_path``; a path that already holds checkpoints of another run is
-    refused rather than overwritten. ``cfg.mesh`` spreads the item tables
-    and lanes over devices (:mod:`gru4rec_jax.sharding`).
+    refused rather than overwritten. A run that fails (bad data, divergence)
+    leaves the checkpoints already written and ``metrics_out`` as they were.
+    ``cfg.mesh`` spreads the item tables and lanes over devices
+    (:mod:`gru4rec_jax.sharding`).
+
+    With ``load_path``, training resumes when ``cfg.resume`` asks for more
+    epochs than the checkpoint has, or when ``save_path`` is ``load_path``
+    (the training command rerun with ``--load_path``: it finishes the epochs
+    that run was started with); otherwise the checkpoint is evaluated.
     """
     mesh = None
     mesh_spec = sharding_lib.parse_mesh(cfg.mesh)
@@ -165,17 +203,23 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         if not cfg.load_path:
             sharding_lib.check_batch_size(mesh, cfg.train.batch_size)
         log(f"mesh {mesh_spec} over {mesh.size} devices ({jax.process_count()} process(es))")
+    if cfg.metrics_out and os.path.isdir(cfg.metrics_out):
+        raise ValueError(f"--metrics_out {cfg.metrics_out} is a directory; give a file name")
     restored: Optional[checkpoint_lib.Checkpoint] = None
+    target_epochs = cfg.train.n_epochs
     if cfg.load_path:
-        restored = checkpoint_lib.load(cfg.load_path, mesh=mesh)
+        restored = checkpoint_lib.load(cfg.load_path, epoch=cfg.load_epoch or None, mesh=mesh)
         log(f"restored {cfg.load_path} (epoch {restored.epoch}, {len(restored.item_map)} items)")
-    save_path = cfg.save_path or (cfg.load_path if cfg.resume else "")
-    if save_path and os.path.abspath(save_path) != os.path.abspath(cfg.load_path or "\0"):
-        if checkpoint_lib.save_dir_has_checkpoints(save_path):
-            raise checkpoint_lib.CheckpointError(
-                f"{save_path} already holds checkpoints; choose another --save_path "
-                f"or resume from it with --load_path"
-            )
+        if not cfg.resume:
+            rerun = bool(cfg.save_path) and _same_directory(cfg.save_path, cfg.load_path)
+            target_epochs = restored.train_config.n_epochs if rerun else restored.epoch
+    needs_training = restored is None or target_epochs > restored.epoch
+    save_path = cfg.save_path or (cfg.load_path if needs_training and restored is not None else "")
+    if needs_training and save_path:
+        _check_save_path(save_path, restored, cfg.load_path)
+    if restored is not None and not needs_training and restored.epoch < restored.train_config.n_epochs:
+        log(f"evaluating the checkpoint of epoch {restored.epoch} as it is (its run was to train "
+            f"{restored.train_config.n_epochs} epochs: --n_epochs={restored.train_config.n_epochs} trains on)")
 
     data_cfg = cfg.data
     model_name = cfg.model
@@ -186,7 +230,6 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
     user_aware = model_name != "gru4rec"
-    needs_training = restored is None or (cfg.resume and cfg.train.n_epochs > restored.epoch)
     if restored is None or needs_training or not data_cfg.test_path or user_aware:
         # (User-aware evaluation replays each test user's training sessions.)
         train_table, test_table = _load_tables(data_cfg, log, with_users=user_aware)
@@ -199,7 +242,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
 
     if restored is not None:
         item_map, model_config = restored.item_map, restored.model_config
-        train_config = dataclasses.replace(restored.train_config, n_epochs=cfg.train.n_epochs)
+        train_config = dataclasses.replace(restored.train_config, n_epochs=target_epochs)
         state, start_epoch, epoch_losses = restored.state, restored.epoch, list(restored.epoch_losses)
         if needs_training:
             log("resuming with the checkpoint's hyperparameters")
@@ -228,9 +271,27 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
             train_data = data_lib.build_sessions(train_table, item_map, source=source)
             log(f"training data: {train_data.n_events} events, {train_data.n_sessions} sessions, "
                 f"{len(item_map)} items")
+
+    # Test sessions before training: bad test data stops the run now, not after it.
+    test_sessions = None
+    if test_table is not None:
+        source = data_cfg.test_path or "synthetic test data"
+        if user_aware:
+            test_sessions = _replay_data(train_table, test_table, item_map, source)
+        else:
+            test_sessions = data_lib.build_sessions(test_table, item_map, source=source)
+
+    if needs_training:
         writer = checkpoint_lib.CheckpointWriter(save_path) if save_path else None
 
         def on_epoch_end(state, stats):
+            # A finite loss does not prove finite parameters (the last step's
+            # update comes after its loss): never save or evaluate such a state.
+            if not _all_finite(state):
+                raise training.TrainingError(
+                    f"non-finite parameters after epoch {stats.epoch} (its loss was finite); "
+                    f"stopped (lower the learning rate?)"
+                )
             epoch_losses.append(stats.loss)
             if writer is not None:
                 writer.save(
@@ -244,6 +305,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
                 train_data, model_config, train_config, state=state,
                 start_epoch=start_epoch, on_epoch_end=on_epoch_end, log=log, mesh=mesh,
             )
+        except training.TrainingError as error:
+            kept = checkpoint_lib.saved_epochs(save_path) if save_path else []
+            if kept:
+                raise training.TrainingError(f"{error}; {save_path} keeps the checkpoint of epoch {kept[-1]}") from None
+            raise
         finally:
             if writer is not None:
                 writer.close()
@@ -258,12 +324,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     else:
         metrics["train_events_per_sec"] = None
 
-    if test_table is not None:
-        source = data_cfg.test_path or "synthetic test data"
-        if user_aware:
-            test_sessions = _replay_data(train_table, test_table, item_map, source)
-        else:
-            test_sessions = data_lib.build_sessions(test_table, item_map, source=source)
+    if test_sessions is not None:
         t0 = time.perf_counter()
         results = evaluation.evaluate(
             state.params, model_config, test_sessions, cutoffs=cfg.eval.cutoffs,
