@@ -17,11 +17,18 @@ scoring above (and equal to) the target in one pass, as long as its (lanes x
 items) float32 scores take at most :data:`ONE_PRODUCT_SCORE_BYTES`. Larger
 catalogues are scored block by block (``item_block`` items at a time) inside
 the compiled loop, so memory stays at (lanes x block) floats whatever the
-catalogue size, at the price of two passes (see :func:`_ranks_by_blocks`).
+catalogue size, still in one pass (see :func:`_counts_by_blocks`).
+
+The ranks are exact by construction, whatever the platform: every comparison
+takes both of its scores from one product (two products of the same values
+need not round alike), and the target is never compared with another
+rounding of its own score. Each block is scored with the lanes' target rows
+appended, so the target's score comes from the product it is compared in;
+the block's own column of the target is left out and counted as the tie it is.
 
 With item tables sharded over a mesh's ``items`` axis (:mod:`gru4rec_jax.sharding`),
-each device scores its own rows (block by block as above), the target's score
-comes from the device that owns the target, and the per-device counts are
+each device scores its own rows (block by block as above, the lanes' target
+rows gathered from the devices that own them), and the per-device counts are
 summed over ``items``: no device holds the scores of all items. Padding rows
 of the sharded tables are masked out.
 """
@@ -113,101 +120,106 @@ def _ranks_of_counts(counts: tuple, mode: str) -> jax.Array:
     raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
 
 
+def _scores(output: jax.Array, rows: jax.Array, bias: jax.Array) -> jax.Array:
+    """Scores (B, n) of ``n`` items (their ``rows`` (n, h) and ``bias`` (n,)) for ``output`` (B, h).
+
+    Every score that is compared with another comes from one call of this
+    function (one product): two products of the same values need not round
+    alike (another compiled kernel, another summation order).
+    """
+    return output @ rows.T + bias
+
+
+def _with_the_target_itself(counts: tuple, mode: str) -> tuple:
+    """The :func:`_tie_counts` of ``mode`` with the target's own column added, which the
+    block products leave out: it ties with itself (standard: nothing; conservative: one
+    more >=; median: one more equal)."""
+    if mode == "standard":
+        return counts
+    return counts[:-1] + (counts[-1] + 1,)
+
+
+def _counts_by_blocks(output, targets, rows, bias, target_rows, target_bias, mode, item_block, count_with_product,
+                      first_item=0, n_items=None) -> tuple:
+    """The :func:`_tie_counts` of ``mode`` of the targets (B,) for ``output`` (B, h) among
+    the items of ``rows`` (n, h) and ``bias`` (n,), whose item ids start at
+    ``first_item``, WITHOUT the target's own column (see :func:`_with_the_target_itself`);
+    ids from ``n_items`` on are padding and not counted.
+
+    One scan over the fewest blocks of at most ``item_block`` rows, all of one
+    size (one compiled product) and as equal as can be: the last block overlaps
+    the one before it by fewer rows than there are blocks, and counts only the
+    rows it alone covers. Each block is scored together with the B lanes' own
+    target rows (``target_rows`` (B, h), ``target_bias`` (B,)) appended, in one
+    product of (B, size + B): lane i's target score is column size + i of the
+    very product whose scores it is compared with, so ties stay exact whatever
+    the kernel's rounding; and the target's own column in the block is masked
+    out, so the target is never compared with another rounding of its own score.
+    """
+    n, h = rows.shape
+    size = -(-n // -(-n // item_block))
+    first_new = jnp.arange(-(-n // size)) * size
+    starts = jnp.minimum(first_new, n - size)
+    lanes = jnp.arange(targets.shape[0])
+
+    def count(totals, block):
+        start, new_from = block
+        block_rows = jax.lax.dynamic_slice(rows, (start, 0), (size, h))
+        block_bias = jax.lax.dynamic_slice(bias, (start,), (size,))
+        scores = _scores(output, jnp.concatenate([block_rows, target_rows]),
+                         jnp.concatenate([block_bias, target_bias]))
+        target_score = scores[lanes, size + lanes]
+        local = start + jnp.arange(size)
+        items = first_item + local
+        counted = local >= new_from
+        if n_items is not None:
+            counted = counted & (items < n_items)
+        valid = counted[None, :] & (items[None, :] != targets[:, None])
+        counts = _tie_counts(scores[:, :size], target_score, mode, valid, with_product=count_with_product)
+        return jax.tree.map(jnp.add, totals, counts), None
+
+    totals, _ = jax.lax.scan(count, _zero_counts(targets.shape[0], mode), (starts, first_new))
+    return totals
+
+
 def _ranks_by_blocks(output, targets, tables, mode, item_block, count_with_product):
     """Ranks of ``targets`` (B,) among all items for ``output`` (B, h).
 
-    Catalogues of up to ``item_block`` items are scored in one product. Larger
-    ones go block by block in two passes over the same block products: the
-    first picks up each target's score, the second counts. Taking the target's
-    score from the very product that scores the other items keeps exact ties
-    exact (a separately computed dot product can differ in the last bit, which
-    would break the tie rules).
+    Catalogues of up to ``item_block`` items are scored in one product, the
+    target's score picked from it (compared with itself it ties exactly, as
+    the tie rules count it). Larger ones go ``item_block`` items at a time
+    (:func:`_counts_by_blocks`). The one product skips the block path's
+    appended target columns and mask, which took 13% (40,000 items) and 26%
+    (3,000 items) more time on the 2-core CPU (h 100, 512 lanes).
     """
     wy, by = tables["Wy"], tables["By"]
-    n, h = wy.shape
-    if n <= item_block:
-        return rank_of_target(output @ wy.T + by, targets, mode, count_with_product=count_with_product)
-
-    n_full = n // item_block
-    blocks = [(jnp.arange(n_full) * item_block, item_block)]
-    if n % item_block:
-        blocks.append((jnp.asarray([n_full * item_block]), n % item_block))
-
-    def scores_of(start, size):
-        w = jax.lax.dynamic_slice(wy, (start, 0), (size, h))
-        b = jax.lax.dynamic_slice(by, (start,), (size,))
-        return output @ w.T + b
-
-    def pick_target(acc, start, size):
-        offset = targets - start
-        inside = (offset >= 0) & (offset < size)
-        picked = jnp.take_along_axis(scores_of(start, size), jnp.clip(offset, 0, size - 1)[:, None], 1)[:, 0]
-        return acc + jnp.where(inside, picked, 0.0)
-
-    def count(acc, start, size, target_score):
-        counts = _tie_counts(scores_of(start, size), target_score, mode, with_product=count_with_product)
-        return jax.tree.map(jnp.add, acc, counts)
-
-    target_score = jnp.zeros(targets.shape, output.dtype)
-    for starts, size in blocks:
-        target_score, _ = jax.lax.scan(
-            lambda acc, start: (pick_target(acc, start, size), None), target_score, starts
-        )
-    totals = _zero_counts(targets.shape[0], mode)
-    for starts, size in blocks:
-        totals, _ = jax.lax.scan(
-            lambda acc, start: (count(acc, start, size, target_score), None), totals, starts
-        )
-    return _ranks_of_counts(totals, mode)
+    if wy.shape[0] <= item_block:
+        return rank_of_target(_scores(output, wy, by), targets, mode, count_with_product=count_with_product)
+    counts = _counts_by_blocks(output, targets, wy, by, wy[targets], by[targets], mode, item_block, count_with_product)
+    return _ranks_of_counts(_with_the_target_itself(counts, mode), mode)
 
 
 def target_counts_sharded(output, targets, tables, n_items, item_block, mesh, mode, count_with_product=False):
     """The :func:`_tie_counts` of ``mode`` over the first ``n_items`` rows of
     item tables sharded by rows over ``mesh``'s ``items`` axis; lanes over ``data``.
 
-    Per device: the scores of its rows, ``item_block`` at a time; the target's
-    score is picked from the product of the device and block that hold it
-    (as in :func:`_ranks_by_blocks`) and summed over ``items`` (one owner,
-    zeros elsewhere: exact); then each device counts and the counts are summed.
-    Returns a tuple of int32 (B,) arrays.
+    Each device gathers its lanes' target rows (from the device that owns
+    each, a psum of one row and zeros: exact), then counts over its own rows
+    as :func:`_counts_by_blocks` does, every block scored with the target rows
+    appended; the counts are summed over ``items``. Returns a tuple of int32
+    (B,) arrays.
     """
 
     def local(output, targets, wy, by):
-        n_local, h = wy.shape
-        start = jax.lax.axis_index("items") * n_local
-        size = min(n_local, item_block)
-        # Blocks of ``size`` rows; the last one overlaps the one before it and
-        # counts only rows it alone covers.
-        starts = jnp.minimum(jnp.arange(-(-n_local // size)) * size, n_local - size)
-        first_new = jnp.arange(-(-n_local // size)) * size
-
-        def scores_of(s):
-            w = jax.lax.dynamic_slice(wy, (s, 0), (size, h))
-            b = jax.lax.dynamic_slice(by, (s,), (size,))
-            return output @ w.T + b
-
-        def pick(acc, block):
-            s, new_from = block
-            offset = targets - start - s
-            # Only from the block that counts the target's row (below), so that ties stay exact.
-            inside = (offset >= new_from - s) & (offset < size)
-            picked = jnp.take_along_axis(scores_of(s), jnp.clip(offset, 0, size - 1)[:, None], 1)[:, 0]
-            return jnp.where(inside, picked, acc), None
-
-        target_score, _ = jax.lax.scan(pick, jnp.zeros(targets.shape, output.dtype), (starts, first_new))
-        owned = (targets >= start) & (targets < start + n_local)
-        target_score = jax.lax.psum(jnp.where(owned, target_score, 0.0), "items")
-
-        def count(acc, block):
-            s, new_from = block
-            rows = s + jnp.arange(size)
-            valid = ((rows >= new_from) & (start + rows < n_items))[None, :]
-            counts = _tie_counts(scores_of(s), target_score, mode, valid, with_product=count_with_product)
-            return jax.tree.map(jnp.add, acc, counts), None
-
-        zeros = _zero_counts(targets.shape[0], mode)
-        counts, _ = jax.lax.scan(count, zeros, (starts, first_new))
-        return jax.lax.psum(counts, "items")
+        n_local = wy.shape[0]
+        first_item = jax.lax.axis_index("items") * n_local
+        offset = targets - first_item
+        owned = jnp.where((offset >= 0) & (offset < n_local), offset, n_local)
+        target_rows = jax.lax.psum(wy.at[owned].get(mode="fill", fill_value=0), "items")
+        target_bias = jax.lax.psum(by.at[owned].get(mode="fill", fill_value=0), "items")
+        counts = _counts_by_blocks(output, targets, wy, by, target_rows, target_bias, mode, item_block,
+                                   count_with_product, first_item, n_items)
+        return _with_the_target_itself(jax.lax.psum(counts, "items"), mode)
 
     return jax.shard_map(
         local, mesh=mesh,
@@ -289,11 +301,12 @@ def _evaluate_chunk(params, hidden, chunk, model_config, cutoffs, mode, item_blo
 CPU_ITEM_BLOCK = 16384
 ACCELERATOR_ITEM_BLOCK = 65536
 # Up to this size a step's (lanes x items) float32 scores come from one product
-# and are ranked in one pass over them (512 lanes: catalogues up to 1,048,576
-# items), where blocks take two passes, each with its products: with 512
-# lanes, h 100, one product took 23-28% less time per step than 1M items in
-# 16,384-item blocks on the 2-core CPU, 36% less at 40,000 items, and half the
-# time at 1M items on an H200. The reference port scores a whole batch at once too.
+# (512 lanes: catalogues up to 1,048,576 items), which needs neither the
+# blocks' appended target rows nor their overlap. With 512 lanes, h 100, on the
+# 2-core CPU (busy, so rough): 14% less time than 16,384-item blocks at 40,000
+# items, about the same at 200,000. When blocks took two passes, one product
+# took half the time at 1M items on an H200 (not measured since). The
+# reference port scores a whole batch at once too.
 ONE_PRODUCT_SCORE_BYTES = 2 << 30
 # Steps per iteration of the evaluation's loop on accelerators, where each
 # iteration waits for the host and launches its kernels anew; only for steps
@@ -318,15 +331,15 @@ def evaluate(
     """Recall@K and MRR@K over all next-item events of ``sessions``.
 
     Catalogues of up to ``item_block`` items are scored in one product per
-    step ((batch_size x item_block) floats); larger ones take two passes over
-    item blocks (see :func:`_ranks_by_blocks`), about twice the compute.
-    ``None``: the whole catalogue where its scores take at most
-    :data:`ONE_PRODUCT_SCORE_BYTES`, else :data:`CPU_ITEM_BLOCK` items on CPU,
-    :data:`ACCELERATOR_ITEM_BLOCK` on GPU and TPU. A GRU4Rec model over a
-    catalogue of up to ``item_block`` items (``None``: the platform's block),
-    with fewer items than the evaluation's steps x ``batch_size``, runs in the
-    form of :func:`fold_input_product` (the same values up to the products'
-    rounding).
+    step ((batch_size x item_block) floats); larger ones in equal blocks of at
+    most ``item_block`` items, each with the lanes' target rows appended
+    (see :func:`_counts_by_blocks`). ``None``: the whole catalogue where its
+    scores take at most :data:`ONE_PRODUCT_SCORE_BYTES`, else
+    :data:`CPU_ITEM_BLOCK` items on CPU, :data:`ACCELERATOR_ITEM_BLOCK` on GPU
+    and TPU. A GRU4Rec model over a catalogue of up to ``item_block`` items
+    (``None``: the platform's block), with fewer items than the evaluation's
+    steps x ``batch_size``, runs in the form of :func:`fold_input_product`
+    (the same values up to the products' rounding).
 
     With ``UserSessions`` (HRNN, or GRU4Rec over users' concatenated
     sessions), each user's sessions are replayed in order to build the state
