@@ -40,34 +40,54 @@ def reference_events(params, sessions_items):
     return events
 
 
-def assert_no_near_ties(scores, target):
+def assert_no_near_ties(scores, target, cutoffs=()):
     """The test's precondition: every other item scores exactly as the target (identical rows, built
-    to tie exactly) or farther from it than NEAR, so that any disagreement with the reference is a bug."""
+    to tie exactly) or farther from it than NEAR, and so do the K-th and (K+1)-th best scores, so that
+    any disagreement with the reference is a bug."""
+    scale = NEAR * max(1.0, np.abs(scores).max())
     gaps = np.abs(np.delete(scores, target) - scores[target])
-    near = (gaps > 0) & (gaps <= NEAR * max(1.0, np.abs(scores).max()))
-    assert not near.any(), f"precondition: an item scores within {NEAR:g} of the target (gaps {np.sort(gaps)[:3]})"
+    assert not ((gaps > 0) & (gaps <= scale)).any(), \
+        f"precondition: an item scores within {NEAR:g} of the target (gaps {np.sort(gaps)[:3]})"
+    best = np.sort(scores)[::-1]
+    for k in cutoffs:
+        if k < len(scores):
+            assert not 0 < best[k - 1] - best[k] <= scale, f"precondition: a near-tie at the top-{k} list's end"
+
+
+def top_items(scores, k):
+    """The k best items, equal scores in item order (the lower index first)."""
+    return np.lexsort((np.arange(len(scores)), -scores))[:k]
 
 
 def reference_metrics(params, sessions_items, cutoffs, mode):
     """Metrics over every next-item event, each session alone from a zero state, averaged over events."""
-    ranks = []
-    for scores, target in reference_events(params, sessions_items):
-        assert_no_near_ties(scores, target)
+    ranks, recommended = [], {k: set() for k in cutoffs}
+    events = reference_events(params, sessions_items)
+    for scores, target in events:
+        assert_no_near_ties(scores, target, cutoffs)
         t = scores[target]
         greater, equal = np.sum(scores > t), np.sum(scores == t)
         ranks.append({"standard": greater + 1, "conservative": greater + equal,
                       "median": greater + 0.5 * (equal - 1) + 1}[mode])
+        for k in cutoffs:
+            recommended[k].update(top_items(scores, k).tolist())
     ranks = np.asarray(ranks, np.float64)
     out = {}
     for k in cutoffs:
         out[f"recall@{k}"] = np.mean(ranks <= k)
         out[f"mrr@{k}"] = np.mean(np.where(ranks <= k, 1.0 / ranks, 0.0))
+        out[f"ndcg@{k}"] = np.mean(np.where(ranks <= k, 1.0 / np.log2(ranks + 1), 0.0))
+        out[f"coverage@{k}"] = len(recommended[k]) / len(events[0][0])
     return out, len(ranks)
 
 
 def assert_matches_reference(got, params, sessions_items, cutoffs, mode):
+    """``got`` has the reference's metrics: all of them, or all but coverage@K where it was not asked for."""
     want, n = reference_metrics(params, sessions_items, cutoffs, mode)
     assert got["n_eval_events"] == n
+    if not any(key.startswith("coverage@") for key in got):
+        want = {key: value for key, value in want.items() if not key.startswith("coverage@")}
+    assert set(got) == set(want) | {"n_eval_events"}
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key
 
@@ -98,7 +118,7 @@ def test_matches_per_session_reference(setup, batch_size, mode):
     config, params, lists = setup
     cutoffs = (1, 2, 5, 10)
     got = evaluation.evaluate(params, config, _sessions(lists), cutoffs=cutoffs, mode=mode,
-                              batch_size=batch_size, chunk_steps=4)
+                              batch_size=batch_size, chunk_steps=4, item_coverage=True)
     assert got["n_eval_events"] == sum(max(len(s) - 1, 0) for s in lists)
     assert_matches_reference(got, params, lists, cutoffs, mode)
 
@@ -158,6 +178,45 @@ def test_recall_counts_rank_equal_to_cutoff():
     result = evaluation.evaluate(params, config, _sessions([[0, 2]]), cutoffs=(2, 3), mode="standard")
     assert result["recall@3"] == 1.0 and result["mrr@3"] == pytest.approx(1 / 3)
     assert result["recall@2"] == 0.0
+
+
+@pytest.mark.parametrize("item_block", [1, 3, 5, 8, 37])
+@pytest.mark.parametrize("k", [1, 5, 37])
+def test_top_lists_match_numpy_with_ties(item_block, k):
+    """Each lane's top-k list (of item coverage): numpy's order, equal scores in item order, also across
+    the K-th place and across blocks (merged as they go, the last block overlapping the one before)."""
+    rng = np.random.default_rng(3)
+    n, h, lanes = 37, 4, 7
+    # Small integers: every score is exact, whatever the product's order of summation, and ties are frequent.
+    tables = {"Wy": rng.integers(-2, 3, size=(n, h)).astype(np.float32),
+              "By": rng.integers(-1, 2, size=n).astype(np.float32)}
+    output = rng.integers(-2, 3, size=(lanes, h)).astype(np.float32)
+    targets = rng.integers(0, n, size=lanes).astype(np.int32)
+    ranks, top = jax.jit(evaluation._ranks_by_blocks, static_argnums=(3, 4, 5, 6))(
+        output, targets, tables, "median", item_block, True, k)
+    scores = output.astype(np.float64) @ tables["Wy"].T.astype(np.float64) + tables["By"]
+    np.testing.assert_array_equal(np.asarray(top), [top_items(row, k) for row in scores])
+    t = scores[np.arange(lanes), targets][:, None]
+    np.testing.assert_array_equal(ranks, (scores > t).sum(1) + 0.5 * ((scores == t).sum(1) - 1) + 1)
+
+
+@pytest.mark.parametrize("item_block", [1, 2, 4, 6])
+def test_coverage_of_exact_ties_and_of_cutoffs_beyond_the_catalogue(item_block):
+    """Tied items across the K-th place count once per list (the lower index), in one product and in
+    blocks; K beyond the catalogue covers all of it. NDCG@K as numpy computes it."""
+    config = model.ModelConfig(n_items=6, layers=(2,))
+    params = model.init_params(jax.random.PRNGKey(0), config)
+    params["tables"]["Wy"] = params["tables"]["Wy"] * 0  # every score is its item's bias, exactly
+    bias = np.asarray([1.0, 3.0, 2.0, 3.0, 3.0, 2.0], np.float32)
+    params["tables"]["By"] = jax.numpy.asarray(bias)
+    cutoffs = (1, 2, 4, 5, 9)
+    got = evaluation.evaluate(params, config, _sessions([[0, 1, 2]]), cutoffs=cutoffs, mode="standard",
+                              item_block=item_block, item_coverage=True)
+    ranks = np.asarray([np.sum(bias > bias[t]) + 1 for t in (1, 2)], np.float64)
+    for k in cutoffs:
+        assert got[f"coverage@{k}"] == len(top_items(bias, k)) / 6, k
+        assert got[f"ndcg@{k}"] == pytest.approx(np.mean(np.where(ranks <= k, 1 / np.log2(ranks + 1), 0)), abs=1e-7)
+    assert got["coverage@9"] == 1.0
 
 
 def test_state_is_reset_between_sessions(setup):
@@ -221,7 +280,7 @@ def test_item_blocks_do_not_change_results(setup, item_block, batch_size):
     config, params, lists = setup
     cutoffs = (1, 5, 20)
     blocked = evaluation.evaluate(params, config, _sessions(lists), cutoffs=cutoffs, mode="median",
-                                  batch_size=batch_size, item_block=item_block)
+                                  batch_size=batch_size, item_block=item_block, item_coverage=True)
     assert_matches_reference(blocked, params, lists, cutoffs, "median")
 
 
@@ -233,7 +292,7 @@ def test_ranks_compare_scores_of_one_product_only(setup, rounding_differs_per_pr
     cutoffs = (1, 5, 20)
     for mode in evaluation.EVAL_MODES:
         got = evaluation.evaluate(params, config, _sessions(lists), cutoffs=cutoffs, mode=mode, batch_size=4,
-                                  item_block=item_block)
+                                  item_block=item_block, item_coverage=True)
         assert_matches_reference(got, params, lists, cutoffs, mode)
     assert len(rounding_differs_per_product) >= 3  # one for each mode at least: each rounded another way
 
