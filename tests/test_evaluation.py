@@ -361,3 +361,70 @@ def test_evaluation_folds_small_catalogues_without_changing_metrics(setup, embed
     assert len(folds) == 1  # 2 lanes x 2 steps: 4 input rows for 40 items
     for got in (folded, blocked):
         assert_matches_reference(got, params, lists, kwargs["cutoffs"], "median")
+
+
+def _population(config, seeds):
+    """Members of one shape with other weights (output weights scaled, random biases: few near-ties)."""
+    members = []
+    for seed in seeds:
+        params = model.init_params(jax.random.PRNGKey(seed), config)
+        params["tables"]["Wy"] = params["tables"]["Wy"] * 5
+        params["tables"]["By"] = jax.numpy.asarray(np.random.default_rng(seed).normal(size=config.n_items),
+                                                   jax.numpy.float32)
+        members.append(params)
+    return members, jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *members)
+
+
+@pytest.mark.parametrize("item_block", [None, 7])
+@pytest.mark.parametrize("embedding", ["shared", "separate"])
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_population_matches_each_member(setup, item_block, embedding, platform, monkeypatch):
+    """All members in one compiled program (side by side with the accelerators' settings, one after
+    another on CPU): each member's evaluate() metrics (and the reference's), in one product and in
+    blocks, with the folded input product (the default here) of any embedding."""
+    monkeypatch.setattr(evaluation.sharding_lib, "platform", lambda mesh: platform)
+    _, _, lists = setup
+    config = model.ModelConfig(n_items=40, layers=(8,), embedding=embedding,
+                               embedding_dim=5 if embedding == "separate" else 0)
+    members, stacked = _population(config, (1, 2, 3))
+    kwargs = dict(cutoffs=(1, 5, 20), mode="median", batch_size=4, item_block=item_block, item_coverage=True)
+    got = evaluation.evaluate_population(stacked, config, _sessions(lists), **kwargs)
+    assert len(got) == len(members)
+    for result, params in zip(got, members):
+        alone = evaluation.evaluate(params, config, _sessions(lists), **kwargs)
+        assert result["n_eval_events"] == alone["n_eval_events"]
+        assert result == pytest.approx(alone, abs=1e-6)
+        assert_matches_reference(result, params, lists, kwargs["cutoffs"], "median")
+    assert got[0]["mrr@20"] != got[1]["mrr@20"]  # the members differ
+
+
+@pytest.mark.parametrize("platform, at_once", [("gpu", 3), ("cpu", 1), ("cpu", 2)])
+def test_population_item_block_counts_the_members_side_by_side(setup, monkeypatch, platform, at_once):
+    """(members side by side) x lanes x items scores against ONE_PRODUCT_SCORE_BYTES: one product while
+    they fit, else blocks whose scores fit. Accelerators run all members side by side."""
+    monkeypatch.setattr(evaluation.sharding_lib, "platform", lambda mesh: platform)
+    monkeypatch.setattr(evaluation, "POPULATION_MEMBERS_AT_ONCE", 2 if at_once == 2 else 1)
+    _, _, lists = setup
+    config = model.ModelConfig(n_items=40, layers=(8,))
+    _, stacked = _population(config, (1, 2, 3))
+    blocks = []
+    original = evaluation._ranks_by_blocks
+    monkeypatch.setattr(evaluation, "_ranks_by_blocks", lambda *a: blocks.append(a[4]) or original(*a))
+    fits = at_once * 4 * 40 * 4  # members x 4 lanes x 40 items of float32
+    for budget, block in ((fits, 40), (fits - 1, 39), (at_once * 4 * 10 * 4, 10)):
+        monkeypatch.setattr(evaluation, "ONE_PRODUCT_SCORE_BYTES", budget)
+        jax.clear_caches()  # traced anew (a member's chunk may have been traced for another grouping)
+        evaluation.evaluate_population(stacked, config, _sessions(lists), cutoffs=(5,), batch_size=4)
+        assert blocks.pop() == block and not blocks
+
+
+def test_population_bad_arguments():
+    config = model.ModelConfig(n_items=5, layers=(2,))
+    _, stacked = _population(config, (1, 2))
+    sessions = _sessions([[0, 1]])
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("items",))
+    with pytest.raises(ValueError, match="^evaluate_population runs on one device"):
+        evaluation.evaluate_population(stacked, config, sessions, mesh=mesh)
+    stacked["tables"]["By"] = stacked["tables"]["By"][:1]
+    with pytest.raises(ValueError, match=r"^every leaf of stacked_params needs a leading member axis of one size"):
+        evaluation.evaluate_population(stacked, config, sessions)
