@@ -82,7 +82,7 @@ flags.DEFINE_enum("eval_mode", "conservative", ["standard", "conservative", "med
 flags.DEFINE_list("cutoffs", ["1", "5", "10", "20"], "Cut-offs K of Recall@K, MRR@K, NDCG@K (and coverage@K).")
 _I("eval_batch_size", 512, "Session lanes during evaluation.")
 flags.DEFINE_bool("item_coverage", False, "Also item coverage@K: the fraction of the items in at least one test "
-                  "event's top-K list (about doubles the evaluation time on CPU).")
+                  "event's top-K list (2.5-3.7x the evaluation time on CPU).")
 # Checkpoints and outputs.
 _D("save_path", "", "Directory for checkpoints (one per epoch).")
 _D("load_path", "", "Checkpoint directory to evaluate or resume.")

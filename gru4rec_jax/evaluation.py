@@ -148,11 +148,12 @@ def _with_the_target_itself(counts: tuple, mode: str) -> tuple:
 
 
 def _merge_top(top: tuple, scores: jax.Array, items: jax.Array) -> tuple:
-    """The running top-k ``(values, items)`` (B, k) merged with the columns of
-    ``scores`` (B, m), whose item ids are ``items`` (m,). Sorted by value, equal
-    values by item id (the lower first) where the running list holds the lower
-    ids and each list is in that order, as :func:`jax.lax.top_k` keeps the
-    earlier of equal elements first."""
+    """The running top-k list ``(scores, item ids)`` (B, k) merged with the
+    columns of ``scores`` (B, m), whose item ids are ``items`` (m,).
+
+    Sorted by score, equal scores by item id (the lower first), as long as the
+    running list's ids are lower than ``items`` and ``items`` ascend:
+    :func:`jax.lax.top_k` puts the earlier of equal elements first."""
     values, ids = top
     k = values.shape[1]
     block_values, at = jax.lax.top_k(scores, min(k, scores.shape[1]))
@@ -189,8 +190,9 @@ def _counts_by_blocks(output, targets, rows, bias, target_rows, target_bias, mod
     """
     n, h = rows.shape
     no_item = n if n_items is None else n_items
-    size = -(-n // -(-n // item_block))
-    first_new = jnp.arange(-(-n // size)) * size
+    n_blocks = -(-n // item_block)
+    size = -(-n // n_blocks)
+    first_new = jnp.arange(n_blocks) * size
     starts = jnp.minimum(first_new, n - size)
     n_lanes = targets.shape[0]
     lanes = jnp.arange(n_lanes)
@@ -227,7 +229,7 @@ def _ranks_by_blocks(output, targets, tables, mode, item_block, count_with_produ
     target's score picked from it (compared with itself it ties exactly, as
     the tie rules count it). Larger ones go ``item_block`` items at a time
     (:func:`_counts_by_blocks`). The one product skips the block path's
-    appended target columns and mask, which took 13% (40,000 items) and 26%
+    appended target columns and mask, which took 17% (40,000 items) and 30%
     (3,000 items) more time on the 2-core CPU (h 100, 512 lanes).
     """
     wy, by = tables["Wy"], tables["By"]
@@ -391,10 +393,10 @@ ACCELERATOR_ITEM_BLOCK = 65536
 # Up to this size a step's (lanes x items) float32 scores come from one product
 # (512 lanes: catalogues up to 1,048,576 items), which needs neither the
 # blocks' appended target rows nor their overlap. With 512 lanes, h 100, on the
-# 2-core CPU (busy, so rough): 14% less time than 16,384-item blocks at 40,000
-# items, about the same at 200,000. When blocks took two passes, one product
-# took half the time at 1M items on an H200 (not measured since). The
-# reference port scores a whole batch at once too.
+# 2-core CPU: 10% less time than 16,384-item blocks at 40,000 items, 21% less
+# at 200,000. When blocks took two passes, one product took half the time at
+# 1M items on an H200 (not measured since). The reference port scores a whole
+# batch at once too.
 ONE_PRODUCT_SCORE_BYTES = 2 << 30
 # Steps per iteration of the evaluation's loop on accelerators, where each
 # iteration waits for the host and launches its kernels anew; only for steps
@@ -404,8 +406,9 @@ ACCELERATOR_UNROLL = 4
 UNROLL_SCORE_BYTES = 64 << 20
 # Members of a population that evaluate_population runs side by side on CPU
 # (accelerators: all of them). One at a time, each member's scores stay nearer
-# the caches: 4 members side by side took 1.3-1.5x the time of one after
-# another at 3,000 items (h 100, 512 lanes, 2-core CPU).
+# the caches: 4 members side by side took 1.16x (40,000 items) to 1.26x (3,000)
+# the time of 4 evaluate() calls, one after another 0.92-0.95x (h 100, 512
+# lanes, 2-core CPU).
 POPULATION_MEMBERS_AT_ONCE = 1
 
 
@@ -446,9 +449,9 @@ def evaluate(
 
     ``item_coverage``: also each step's top-K lists (K the largest cut-off),
     merged block by block and over devices. Off by default: the lists
-    (:func:`jax.lax.top_k`) cost about as much as the rest of the evaluation
-    on CPU (2.1-2.4x the time at 3,000 and 40,000 items, h 100, 512 lanes, on
-    the 2-core CPU).
+    (:func:`jax.lax.top_k`) cost more than the rest of the evaluation on CPU
+    (3.7x the time at 3,000 items, 2.5x at 40,000; h 100, 512 lanes, on the
+    2-core CPU).
 
     Returns ``{"recall@K": ..., "mrr@K": ..., "ndcg@K": ..., "n_eval_events": N}``
     with ``"coverage@K"`` for every cut-off K where ``item_coverage``.
