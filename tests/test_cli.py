@@ -35,15 +35,22 @@ def test_train_evaluate_save_resume(tmp_path):
     run_cli(*SMALL, "--n_epochs=2", f"--save_path={ckpt}", f"--metrics_out={metrics_path}")
     metrics = json.loads(metrics_path.read_text())
     for k in (1, 5, 10, 20):
-        assert 0.0 <= metrics[f"recall@{k}"] <= 1.0 and 0.0 <= metrics[f"mrr@{k}"] <= metrics[f"recall@{k}"]
+        # 1/rank <= 1/log2(rank + 1) <= 1 for every rank >= 1.
+        assert 0.0 <= metrics[f"recall@{k}"] <= 1.0
+        assert 0.0 <= metrics[f"mrr@{k}"] <= metrics[f"ndcg@{k}"] <= metrics[f"recall@{k}"]
+    assert not any(key.startswith("coverage@") for key in metrics)  # opt-in
     assert len(metrics["epoch_losses"]) == 2 and metrics["train_events_per_sec"] > 0
     assert metrics["n_eval_events"] > 0
 
-    # Evaluate only: same metrics, no training.
+    # Evaluate only: same metrics, no training; with item coverage.
     again = tmp_path / "again.json"
-    out = run_cli(f"--load_path={ckpt}", f"--metrics_out={again}")
+    out = run_cli(f"--load_path={ckpt}", f"--metrics_out={again}", "--item_coverage")
     evaluated = json.loads(again.read_text())
     assert evaluated["recall@20"] == metrics["recall@20"] and evaluated["train_events_per_sec"] is None
+    assert evaluated["ndcg@20"] == metrics["ndcg@20"]
+    coverage = [evaluated[f"coverage@{k}"] for k in (1, 5, 10, 20)]
+    assert 0.0 < coverage[0] <= coverage[1] <= coverage[2] <= coverage[3] <= 1.0
+    assert "NDCG@20: " in out.stdout and "Coverage@20: " in out.stdout
     assert "epoch" not in out.stdout.split("restored")[-1].split("evaluation")[0].replace("epoch 2", "")
 
     # Resume to 3 epochs == training 3 epochs straight.

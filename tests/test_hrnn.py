@@ -98,7 +98,7 @@ def test_replay_with_a_zero_initialisation_equals_session_only_evaluation(traine
     got = evaluation.evaluate(params, config, replay, cutoffs=(1, 5))
     session_only = evaluation.evaluate({"tables": params["tables"], "layers": params["layers"]["session"]},
                                        config.session, data.build_sessions(test, item_map), cutoffs=(1, 5))
-    assert got == pytest.approx(session_only, abs=1e-9)
+    assert got == pytest.approx(session_only, abs=1e-6)  # float32 sums of 1 / log2(rank + 1) in other chunks
 
 
 def test_users_do_not_leak_into_each_other(trained):
