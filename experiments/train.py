@@ -47,6 +47,10 @@ flags.DEFINE_list("layers", ["100"], "GRU layer sizes, comma-separated (HRNN: th
 flags.DEFINE_list("user_layers", ["100"], "HRNN: user GRU layer sizes.")
 flags.DEFINE_enum("hrnn_mode", "init", ["init", "all"], "HRNN: the user state initialises the session GRU "
                   "(init) or is also its input at every step (all).")
+flags.DEFINE_enum("hrnn_user_input", "gates", ["gates", "all_blocks"],
+                  "HRNN all mode: where the user state enters the first session layer. gates: the reset and update "
+                  "gates only, as the authors' code does; all_blocks: the candidate too (the paper's 'input' read "
+                  "literally).")
 flags.DEFINE_bool("constrained_embedding", True, "Shared input/output item embedding (Wy).")
 _I("embedding", 0, "Separate input embedding size; 0 = none (one-hot input unless constrained).")
 flags.DEFINE_enum("gru_cell", "gru4rec", ["gru4rec", "pytorch"],
@@ -146,6 +150,7 @@ def config_from_flags() -> experiment.ExperimentConfig:
         model=FLAGS.model,
         user_layers=_int_list("user_layers"),
         hrnn_mode=FLAGS.hrnn_mode,
+        hrnn_user_input=FLAGS.hrnn_user_input,
         save_path=FLAGS.save_path,
         load_path=FLAGS.load_path,
         load_epoch=FLAGS.load_epoch,

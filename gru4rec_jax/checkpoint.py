@@ -123,8 +123,9 @@ def _model_config(meta: dict):
 
     config = meta["model_config"]
     if meta.get("model_type", "gru4rec") == "hrnn":
+        # A checkpoint without user_input predates it: its all mode fed all three gate blocks.
         return hrnn.HRNNConfig(session=session(config["session"]), user_layers=tuple(config["user_layers"]),
-                               mode=config["mode"])
+                               mode=config["mode"], user_input=config.get("user_input", "all_blocks"))
     return session(config)
 
 

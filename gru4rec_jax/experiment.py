@@ -71,6 +71,7 @@ class ExperimentConfig:
     model: str = "gru4rec"
     user_layers: tuple[int, ...] = (100,)
     hrnn_mode: str = "init"
+    hrnn_user_input: str = "gates"  # all mode: gates (the authors' code) | all_blocks (the paper's reading)
     save_path: str = ""
     load_path: str = ""
     load_epoch: int = 0  # with load_path: the epoch to load; 0 = the latest
@@ -254,7 +255,8 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
             embedding=cfg.embedding, embedding_dim=cfg.embedding_dim, cell=cfg.cell,
         )
         if model_name == "hrnn":
-            model_config = hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode)
+            model_config = hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode,
+                                           user_input=cfg.hrnn_user_input)
         train_config, state, start_epoch, epoch_losses = cfg.train, None, 0, []
 
     metrics: dict = {}
