@@ -361,7 +361,10 @@ def test_a_study_killed_with_sigkill_resumes_and_writes_its_outputs(study_files)
     finally:
         child.kill()
         output = child.communicate()[0]
-    before = _trials(storage, "kill")
+    try:
+        before = _trials(storage, "kill")
+    except KeyError:  # the child never created its study: its output says why
+        pytest.fail(f"the study was not created; the child's exit status {child.returncode}, output:\n{output[-3000:]}")
     # The test's precondition: killed mid-study, with a finished trial and one in training.
     assert COMPLETE in [t.state for t in before] and RUNNING in [t.state for t in before], output
 
