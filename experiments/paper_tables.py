@@ -5,7 +5,10 @@ process, or one ``python -m experiments.train`` run of a flag file in
 experiments/configs/. ``paper`` holds the published (Recall@K, MRR@K) on the full
 dataset (EXTENSIONS.md section 4); None where the paper's number could not be
 confirmed. ``orderings`` are the paper's claims that the reproduction checks:
-(higher row, lower row), compared on Recall@K and MRR@K separately.
+(higher row, lower row), compared on Recall@K and MRR@K separately. ``space`` is
+the search space (experiments/spaces/) whose member scalars ``experiments.reproduce
+--tune_trials`` tunes for a GRU4Rec row; the row's network shapes stay its flag
+file's, since they are what the table compares.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Optional
 __all__ = ["Row", "Table", "TABLES"]
 
 CONFIGS = "experiments/configs"
+SPACES = "experiments/spaces"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,10 +29,13 @@ class Row:
     paper: Optional[tuple[Optional[float], Optional[float]]] = None
     baseline: str = ""  # pop | spop | itemknn | bprmf
     flagfile: str = ""  # for GRU4Rec rows
+    space: str = ""  # GRU4Rec rows: the search space of --tune_trials (without one a row cannot be tuned)
 
     def __post_init__(self):
         if bool(self.baseline) == bool(self.flagfile):
             raise ValueError(f"row {self.key}: give exactly one of baseline and flagfile")
+        if self.space and self.baseline:
+            raise ValueError(f"row {self.key}: a baseline has no search space")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +52,8 @@ class Table:
         return next(r for r in self.rows if r.key == key)
 
 
-def _gru(key, label, config, paper=None):
-    return Row(key, label, paper, flagfile=f"{CONFIGS}/{config}.cfg")
+def _gru(key, label, config, paper=None, space="gru4rec_2016"):
+    return Row(key, label, paper, flagfile=f"{CONFIGS}/{config}.cfg", space=f"{SPACES}/{space}.json")
 
 
 _POP = Row("pop", "POP", (0.0050, 0.0012), baseline="pop")
@@ -85,10 +92,11 @@ CIKM2018 = Table(
     rows=(
         _KNN,
         _gru("original", "original GRU4Rec (TOP1, no samples)", *_TOP1_100[2:]),
-        _gru("top1", "TOP1 + samples", "cikm2018_rsc15_top1", (0.6141, 0.2261)),
-        _gru("xe", "cross-entropy + samples", "cikm2018_rsc15_xe", (0.7208, 0.3137)),
-        _gru("top1max", "TOP1-max + samples", "cikm2018_rsc15_top1max", (0.7086, 0.3047)),
-        _gru("bprmax", "BPR-max + samples", "cikm2018_rsc15_bprmax", (0.7211, 0.3170)),
+        # TOP1 with samples has the cross-entropy space's scalars (no bpreg, tanh output instead of ELU).
+        _gru("top1", "TOP1 + samples", "cikm2018_rsc15_top1", (0.6141, 0.2261), "gru4rec_xe"),
+        _gru("xe", "cross-entropy + samples", "cikm2018_rsc15_xe", (0.7208, 0.3137), "gru4rec_xe"),
+        _gru("top1max", "TOP1-max + samples", "cikm2018_rsc15_top1max", (0.7086, 0.3047), "gru4rec_top1max"),
+        _gru("bprmax", "BPR-max + samples", "cikm2018_rsc15_bprmax", (0.7211, 0.3170), "gru4rec_bprmax"),
     ),
     orderings=(
         ("original", "itemknn"), ("top1", "original"), ("xe", "original"), ("top1max", "original"),
@@ -122,8 +130,8 @@ HRNN = Table(
         Row("itemknn", "Item-KNN", baseline="itemknn"),
         _gru("session_only", "GRU4Rec, sessions only", "xing_gru4rec_session_only"),
         _gru("concat", "RNN Concat", "xing_rnn_concat"),
-        _gru("hrnn_init", "HRNN-init, 100 units", "xing_hrnn_small_init"),
-        _gru("hrnn_all", "HRNN-all, 100 units", "xing_hrnn_small_all", (0.1334, None)),
+        _gru("hrnn_init", "HRNN-init, 100 units", "xing_hrnn_small_init", space="hrnn"),
+        _gru("hrnn_all", "HRNN-all, 100 units", "xing_hrnn_small_all", (0.1334, None), space="hrnn"),
     ),
     orderings=(
         ("hrnn_init", "session_only"), ("hrnn_all", "session_only"), ("hrnn_init", "concat"),

@@ -47,8 +47,8 @@ def main(argv):
     out_keys = dict(session_key=FLAGS.session_key, user_key=FLAGS.user_key, **keys)
     for name, part in (("train", train), ("test", test), ("valid_train", valid_train), ("valid_test", valid_test)):
         data.write_events(os.path.join(FLAGS.output_dir, f"{name}.tsv"), part, **out_keys)
-        print(f"{name:12s} {len(part):9d} events {len(set(part.session_ids.tolist())):8d} sessions "
-              f"{len(set(part.user_ids.tolist())):7d} users")
+        print(f"{name:12s} {len(part):9d} events {part.sessions.n_distinct():8d} sessions "
+              f"{part.users.n_distinct():7d} users")
 
 
 if __name__ == "__main__":

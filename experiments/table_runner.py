@@ -6,10 +6,17 @@ baselines run in this process with the same ranking protocol. The JSON is
 rewritten after every run, and runs already in it with the same command and
 unchanged flag files are reused, so an interrupted reproduction continues where
 it stopped.
+
+With :class:`TuneSettings`, each GRU4Rec row is first tuned on the validation
+split by ``python -m experiments.tune`` (its space's member scalars; the
+network shapes stay the flag file's), and its test runs use the best trial's
+flag file. The studies live in ``{out_dir}/tune/{table}.db``, one per row and
+setting, so a rerun resumes or reuses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -27,13 +34,24 @@ from gru4rec_jax import baselines
 from gru4rec_jax import data as data_lib
 from gru4rec_jax.experiment import write_json_atomic
 
-__all__ = ["ReproduceError", "check_orderings", "flagfile_digest", "reproduce"]
+__all__ = ["ReproduceError", "TuneSettings", "check_orderings", "flagfile_digest", "reproduce"]
 
 DETERMINISTIC_BASELINES = ("pop", "spop", "itemknn")  # one run serves every seed
 
 
 class ReproduceError(RuntimeError):
     """A run failed; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSettings:
+    """Tune every GRU4Rec row on the validation split before its test runs."""
+
+    trials: int
+    train_path: str  # the validation split's training part (experiments.prepare: train_tr.tsv)
+    test_path: str  # and its validation events (train_valid.tsv)
+    population: int = 8
+    metric: str = ""  # empty: mrr@{table.cutoff}
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -121,6 +139,50 @@ def run_gru_row(row: Row, seed: int, paths: dict, extra: Sequence[str], log_dir:
         return json.load(f)
 
 
+def tuned_flagfile(out_dir: str, table: Table, row: Row) -> str:
+    return os.path.join(out_dir, "tune", f"{table.name}_{row.key}.cfg")
+
+
+def tune_command(table: Table, row: Row, tune: TuneSettings, keys: dict, extra: Sequence[str], out_dir: str) -> list[str]:
+    """The experiments.tune run of a row. Its study's name carries a digest of everything that decides the trials'
+    results, so that a changed flag file, space, split or flag starts a new study instead of resuming a stale one."""
+    metric = tune.metric or f"mrr@{table.cutoff}"
+    setting = hashlib.sha1()
+    for part in (flagfile_digest(row.flagfile), flagfile_digest(row.space), tune.train_path, tune.test_path, metric,
+                 *(f"{k}={v}" for k, v in sorted(keys.items())), *extra):
+        setting.update(part.encode() + b"\0")
+    folder = os.path.join(out_dir, "tune")
+    return [
+        sys.executable, "-m", "experiments.tune", f"--flagfile={row.flagfile}", f"--space={row.space}",
+        f"--train_path={tune.train_path}", f"--valid_path={tune.test_path}", *(f"--{k}={v}" for k, v in keys.items()),
+        f"--n_trials={tune.trials}", f"--population={tune.population}", f"--metric={metric}", "--notune_shapes",
+        f"--storage=sqlite:///{os.path.join(folder, table.name + '.db')}",
+        f"--study_name={row.key}_{setting.hexdigest()[:10]}", f"--out_dir={os.path.join(folder, f'{table.name}_{row.key}')}",
+        f"--best_flagfile_out={tuned_flagfile(out_dir, table, row)}", *extra,
+    ]
+
+
+def tune_row(table: Table, row: Row, tune: TuneSettings, keys: dict, extra: Sequence[str], out_dir: str,
+             log_dir: str) -> dict:
+    """Tunes a row (or resumes, or reuses, its study); returns what the table reports of it."""
+    command = tune_command(table, row, tune, keys, extra, out_dir)
+    log_path = os.path.join(log_dir, f"{row.key}_tune.log")
+    with open(log_path, "wt") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
+    if done.returncode != 0:
+        with open(log_path) as f:
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {done.returncode}"
+        raise ReproduceError(f"tuning row {row.key} failed: {last} (log: {log_path})")
+    out_dir_flag = next(c for c in command if c.startswith("--out_dir="))
+    with open(os.path.join(out_dir_flag.split("=", 1)[1], "summary.json")) as f:
+        summary = json.load(f)
+    best = summary["best"]
+    return dict(trials=summary["n_complete"], metric=summary["metric"], value=best["value"], params=best["params"],
+                flagfile=summary["best_flagfile"], command=shlex.join(["python"] + command[1:]),
+                valid=[tune.train_path, tune.test_path])
+
+
 def check_orderings(table: Table, means: dict) -> list[dict]:
     """For each claimed (higher, lower) pair and metric: the paper's direction and whether ours agrees.
 
@@ -163,6 +225,14 @@ def _version() -> str:
 def write_markdown(path: str, report: dict, table: Table) -> None:
     k = table.cutoff
     seeds = report["seeds"]
+    tune = report.get("tune")
+    tune_note = [
+        f"Rows marked *tuned* were tuned first on the validation split (train `{tune['train_path']}`, validate "
+        f"`{tune['test_path']}`) by `python -m experiments.tune`: {tune['trials']} trials ranked by "
+        f"{tune['metric']}, populations of up to {tune['population']}, over their search space's per-member "
+        f"scalars (learning rate, momentum, dropout, ...; the network shapes stay the flag file's, as the table "
+        f"compares them); their test runs use the best trial's flag file.", "",
+    ] if tune else []
     lines = [
         f"# {table.title}", "",
         "Reproduce with:", "", "```", report["command"], "```", "",
@@ -171,6 +241,7 @@ def write_markdown(path: str, report: dict, table: Table) -> None:
         f"ranked against all training items, conservative ties. Ours: mean ± standard deviation over seeds "
         f"{', '.join(map(str, seeds))} (baselines without randomness run once). Paper: {table.dataset}.",
         "",
+        *tune_note,
         f"| method | paper R@{k} | paper MRR@{k} | R@{k} | MRR@{k} | seconds per run |",
         "|---|---|---|---|---|---|",
     ]
@@ -178,7 +249,9 @@ def write_markdown(path: str, report: dict, table: Table) -> None:
         paper = row["paper"] or [None, None]
         if not row["runs"]:
             continue
-        cells = [row["label"], _fmt(paper[0]), _fmt(paper[1])]
+        tuned = row.get("tuned")
+        label = row["label"] + (f" (*tuned*, {tuned['trials']} trials)" if tuned else "")
+        cells = [label, _fmt(paper[0]), _fmt(paper[1])]
         for metric in ("recall", "mrr"):
             mean, std = row["mean"][f"{metric}@{k}"], row["std"][f"{metric}@{k}"]
             cells.append(_fmt(mean) + (f" ± {_fmt(std)}" if len(row["runs"]) > 1 else ""))
@@ -188,6 +261,8 @@ def write_markdown(path: str, report: dict, table: Table) -> None:
     for row in report["rows"]:
         if row["runs"] and row["kind"] == "gru4rec":
             lines.append(f"- {row['label']}: `{row['runs'][0]['command']}`")
+            if row.get("tuned"):
+                lines.append(f"  (its flag file from `{row['tuned']['command']}`)")
     if report["orderings"]:
         labels = {r["key"]: r["label"] for r in report["rows"]}
         lines += ["", "## The paper's orderings on this data", ""]
@@ -252,29 +327,39 @@ def reproduce(
     keys: Optional[dict] = None,
     rerun: bool = False,
     command: str = "",
+    tune: Optional[TuneSettings] = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Runs the table's rows and writes ``{out_dir}/{table.name}.{md,json,png}``; returns the report."""
+    """Runs the table's rows and writes ``{out_dir}/{table.name}.{md,json,png}``; returns the report.
+
+    With ``tune``, each selected GRU4Rec row is tuned on the validation split first and runs with the best
+    trial's flag file (:func:`tune_row`)."""
     keys = keys or {}
     unknown = sorted(set(rows) - {r.key for r in table.rows})
     if unknown:
         raise ValueError(f"unknown row(s) {', '.join(unknown)} for table {table.name} "
                          f"(rows: {', '.join(r.key for r in table.rows)})")
     selected = [r for r in table.rows if not rows or r.key in rows]
-    for path in (train_path, test_path):
+    if tune is not None:
+        untunable = [r.key for r in selected if not r.baseline and not r.space]
+        if untunable:
+            raise ValueError(f"row(s) {', '.join(untunable)} name no search space to tune (experiments/paper_tables.py)")
+    for path in (train_path, test_path) + ((tune.train_path, tune.test_path) if tune else ()):
         if not os.path.isfile(path):
             raise data_lib.DataError(f"{path}: no such file")
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f"{table.name}.json")
-    previous = {}
+    previous, previous_rows = {}, {}
     if os.path.exists(json_path):
         with open(json_path) as f:
-            previous = {(r["key"], run["seed"], run["command"], run.get("flagfile_digest", "")): run
-                        for r in json.load(f).get("rows", []) for run in r["runs"]}
+            previous_rows = {r["key"]: r for r in json.load(f).get("rows", [])}
+        previous = {(r["key"], run["seed"], run["command"], run.get("flagfile_digest", "")): run
+                    for r in previous_rows.values() for run in r["runs"]}
     report = dict(
         table=table.name, title=table.title, command=command, date=datetime.date.today().isoformat(),
         machine=_machine(), version=_version(), train_path=train_path, test_path=test_path,
         seeds=list(seeds), cutoff=table.cutoff, rows=[], orderings=[],
+        tune=None if tune is None else dict(dataclasses.asdict(tune), metric=tune.metric or f"mrr@{table.cutoff}"),
     )
     paths = dict(train_path=train_path, test_path=test_path, **keys)
     baseline_data: Optional[BaselineData] = None
@@ -285,12 +370,23 @@ def reproduce(
         entry = dict(key=row.key, label=row.label, paper=list(row.paper) if row.paper else None,
                      kind="baseline" if row.baseline else "gru4rec", runs=[])
         report["rows"].append(entry)
+        run_row = row
+        if tune is not None and not row.baseline:
+            if row in selected:
+                log(f"{row.label}: tuning on the validation split ({tune.trials} trials)")
+                entry["tuned"] = tune_row(table, row, tune, keys, train_flags, out_dir, log_dir)
+                tuned = entry["tuned"]
+                log(f"{row.label}: tuned, {tuned['metric']} {tuned['value']:.4f} (the best of {tuned['trials']} "
+                    f"trials): " + " ".join(f"{k}={v}" for k, v in tuned["params"].items()))
+            elif previous_rows.get(row.key, {}).get("tuned"):
+                entry["tuned"] = previous_rows[row.key]["tuned"]
+            run_row = dataclasses.replace(row, flagfile=tuned_flagfile(out_dir, table, row))
         for seed in seeds[:1] if row.baseline in DETERMINISTIC_BASELINES else seeds:
             if row.baseline:
                 shown, digest = f"baselines {row.baseline} (seed {seed}) on {train_path} -> {test_path}", ""
             else:
-                shown = _display_command(train_command(row, seed, paths, train_flags, ""))
-                digest = flagfile_digest(row.flagfile)
+                shown = _display_command(train_command(run_row, seed, paths, train_flags, ""))
+                digest = flagfile_digest(run_row.flagfile)
             key = (row.key, seed, shown, digest)
             if row not in selected:
                 if key in previous:
@@ -309,7 +405,7 @@ def reproduce(
                 metrics = baselines.evaluate(baseline_data.model(row.baseline, seed), baseline_data.test,
                                              cutoffs=sorted({1, 5, 10, 20, table.cutoff}))
             else:
-                metrics = run_gru_row(row, seed, paths, train_flags, log_dir)
+                metrics = run_gru_row(run_row, seed, paths, train_flags, log_dir)
             seconds = time.perf_counter() - t0
             entry["runs"].append(dict(seed=seed, command=shown, flagfile_digest=digest, seconds=seconds, metrics=metrics))
             k = table.cutoff

@@ -6,11 +6,14 @@ r"""Train and evaluate GRU4Rec from the command line.
 
 Flag names follow the reference implementation's parameters. With
 --load_path, a checkpoint is evaluated; adding an explicit --n_epochs larger
-than the checkpoint's epoch resumes its training.
+than the checkpoint's epoch resumes its training. After a crash, rerun the
+training command with --load_path set to its --save_path: it resumes from the
+last finished epoch and ends as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -44,6 +47,10 @@ flags.DEFINE_list("layers", ["100"], "GRU layer sizes, comma-separated (HRNN: th
 flags.DEFINE_list("user_layers", ["100"], "HRNN: user GRU layer sizes.")
 flags.DEFINE_enum("hrnn_mode", "init", ["init", "all"], "HRNN: the user state initialises the session GRU "
                   "(init) or is also its input at every step (all).")
+flags.DEFINE_enum("hrnn_user_input", "gates", ["gates", "all_blocks"],
+                  "HRNN all mode: where the user state enters the first session layer. gates: the reset and update "
+                  "gates only, as the authors' code does; all_blocks: the candidate too (the paper's 'input' read "
+                  "literally).")
 flags.DEFINE_bool("constrained_embedding", True, "Shared input/output item embedding (Wy).")
 _I("embedding", 0, "Separate input embedding size; 0 = none (one-hot input unless constrained).")
 flags.DEFINE_enum("gru_cell", "gru4rec", ["gru4rec", "pytorch"],
@@ -79,11 +86,15 @@ flags.DEFINE_enum(
 )
 # Evaluation.
 flags.DEFINE_enum("eval_mode", "conservative", ["standard", "conservative", "median"], "Tie rule of the rank.")
-flags.DEFINE_list("cutoffs", ["1", "5", "10", "20"], "Cut-offs K of Recall@K and MRR@K.")
+flags.DEFINE_list("cutoffs", ["1", "5", "10", "20"], "Cut-offs K of Recall@K, MRR@K, NDCG@K (and coverage@K).")
 _I("eval_batch_size", 512, "Session lanes during evaluation.")
+flags.DEFINE_bool("item_coverage", False, "Also item coverage@K: the fraction of the items in at least one test "
+                  "event's top-K list (2.5-3.7x the evaluation time on CPU).")
 # Checkpoints and outputs.
 _D("save_path", "", "Directory for checkpoints (one per epoch).")
-_D("load_path", "", "Checkpoint directory to evaluate or resume.")
+_D("load_path", "", "Checkpoint directory to evaluate, or to resume: with an explicit --n_epochs beyond its epoch, "
+   "or with --save_path set to the same directory (the training command rerun with --load_path).")
+_I("load_epoch", 0, "With --load_path: the epoch whose checkpoint to load (one of the last two saved); 0 = the latest.")
 _D("metrics_out", "", "Write the metrics as JSON to this file.")
 # Devices and hosts.
 _D("mesh", "", "Device mesh, e.g. 'items:8' (item tables sharded by rows over 8 devices) or 'data:2,items:4' "
@@ -129,7 +140,8 @@ def config_from_flags() -> experiment.ExperimentConfig:
             dropout_p_init=FLAGS.dropout_p_init,
         ),
         eval=experiment.EvalConfig(
-            mode=FLAGS.eval_mode, cutoffs=_int_list("cutoffs"), batch_size=FLAGS.eval_batch_size
+            mode=FLAGS.eval_mode, cutoffs=_int_list("cutoffs"), batch_size=FLAGS.eval_batch_size,
+            item_coverage=FLAGS.item_coverage,
         ),
         layers=_int_list("layers"),
         embedding=embedding,
@@ -138,8 +150,10 @@ def config_from_flags() -> experiment.ExperimentConfig:
         model=FLAGS.model,
         user_layers=_int_list("user_layers"),
         hrnn_mode=FLAGS.hrnn_mode,
+        hrnn_user_input=FLAGS.hrnn_user_input,
         save_path=FLAGS.save_path,
         load_path=FLAGS.load_path,
+        load_epoch=FLAGS.load_epoch,
         resume=bool(FLAGS.load_path) and FLAGS["n_epochs"].present,
         metrics_out=FLAGS.metrics_out,
         mesh=FLAGS.mesh,
@@ -152,6 +166,7 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out of the output
     jax.config.update("jax_default_matmul_precision", FLAGS.matmul_precision)
+    checkpoint.ignore_abandoned_reads()  # a damaged checkpoint: one line, no tracebacks
     try:
         sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         experiment.run(config_from_flags())
@@ -163,7 +178,11 @@ def main(argv):
         OSError,
     ) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        sys.exit(f"error: {message}")
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        # Nothing may follow the one line, not even what the interpreter's
+        # shutdown prints about objects orbax left behind.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

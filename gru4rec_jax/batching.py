@@ -103,14 +103,19 @@ def assign_lanes(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np
 
 
 def _assign_lanes_by_unit(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    lane_of = np.empty(len(durations), np.int64)
-    start_of = np.empty(len(durations), np.int64)
-    free = [(0, lane) for lane in range(batch_size)]
-    for unit, steps in enumerate(durations.tolist()):
-        t, lane = heapq.heappop(free)
-        lane_of[unit], start_of[unit] = lane, t
-        heapq.heappush(free, (t + steps, lane))
-    return lane_of, start_of
+    # A heap of lane free times, each encoded with its lane as one int ``time * batch_size + lane``: the
+    # smallest is the earliest time, lowest lane on ties. One peek and one replace per unit, on plain ints
+    # (twice as fast as (time, lane) tuples: millions of sessions).
+    free = list(range(batch_size))
+    taken = []
+    take = taken.append
+    replace = heapq.heapreplace
+    for step_keys in (durations * batch_size).tolist():
+        key = free[0]
+        take(key)
+        replace(free, key + step_keys)
+    keys = np.array(taken, np.int64)
+    return keys % batch_size, keys // batch_size
 
 
 def _assign_lanes_by_step(durations: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

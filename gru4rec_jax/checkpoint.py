@@ -11,6 +11,12 @@ A checkpoint directory holds one orbax step per finished epoch (the last
 Restoring reads ``meta`` first, rebuilds the abstract state with
 ``jax.eval_shape`` and restores into it.
 
+A step is written into ``<epoch>.orbax-checkpoint-tmp`` and renamed to
+``<epoch>`` once complete, so a run killed while saving leaves no step that
+looks finished. A finished step whose files were damaged later fails to load
+with a :class:`CheckpointError` naming it; ``load(path, epoch=...)`` picks an
+older one.
+
 A state trained on a mesh (:mod:`gru4rec_jax.sharding`) is saved as it is,
 sharded, each process writing its own shards, with its padded table row
 count in ``meta``. It restores onto any mesh, or onto one device: straight into
@@ -21,8 +27,14 @@ row count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import logging
 import os
+import sys
+import tempfile
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -36,7 +48,7 @@ from gru4rec_jax import sharding as sharding_lib
 from gru4rec_jax import training
 from gru4rec_jax.data import ItemMap
 
-__all__ = ["Checkpoint", "CheckpointError", "save_dir_has_checkpoints", "CheckpointWriter", "load"]
+__all__ = ["Checkpoint", "CheckpointError", "saved_epochs", "CheckpointWriter", "load", "ignore_abandoned_reads"]
 
 
 class CheckpointError(ValueError):
@@ -58,11 +70,12 @@ def _options(max_to_keep):
     return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
 
 
-def save_dir_has_checkpoints(path: str) -> bool:
+def saved_epochs(path: str) -> list[int]:
+    """The epochs with a finished checkpoint under ``path``, in order (none: ``[]``)."""
     if not os.path.isdir(path):
-        return False
+        return []
     with ocp.CheckpointManager(os.path.abspath(path)) as manager:
-        return manager.latest_step() is not None
+        return sorted(manager.all_steps())
 
 
 class CheckpointWriter:
@@ -110,8 +123,9 @@ def _model_config(meta: dict):
 
     config = meta["model_config"]
     if meta.get("model_type", "gru4rec") == "hrnn":
+        # A checkpoint without user_input predates it: its all mode fed all three gate blocks.
         return hrnn.HRNNConfig(session=session(config["session"]), user_layers=tuple(config["user_layers"]),
-                               mode=config["mode"])
+                               mode=config["mode"], user_input=config.get("user_input", "all_blocks"))
     return session(config)
 
 
@@ -146,13 +160,114 @@ def load(path: str, epoch: Optional[int] = None, mesh: Optional[Mesh] = None) ->
     With a ``mesh`` the state is placed on it (tables padded and sharded by
     rows, as ``training.fit`` wants them), whatever mesh it was saved from;
     without one it lands on one device with its tables cut to ``n_items`` rows.
+    Raises :class:`CheckpointError` (one line, naming the path and epoch) when
+    there is no such checkpoint or it cannot be read.
     """
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint directory")
+    epochs = saved_epochs(path)
+    if not epochs:
+        raise CheckpointError(f"{path}: no checkpoint found{_step_directory_hint(path)}")
+    step = epochs[-1] if epoch is None else epoch
+    if step not in epochs:
+        raise CheckpointError(f"{path}: no checkpoint of epoch {epoch} (it holds epochs {_listed(epochs)})")
+    try:
+        with _stderr_held_back():
+            return _restore(path, step, mesh)
+    except Exception as error:  # orbax and TensorStore raise many types for a damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        older = [e for e in epochs if e < step]
+        hint = f"; epoch {older[-1]} is also there: --load_epoch={older[-1]} loads it" if older else ""
+        raise CheckpointError(
+            f"{path}: the checkpoint of epoch {step} is damaged or unreadable ({_shortened(reason)}){hint}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _stderr_held_back():
+    """Holds back what the process writes to its stderr (file descriptor 2) while a restore runs:
+    replayed if the restore succeeds, dropped if it fails.
+
+    When one read of a damaged checkpoint fails, orbax abandons the reads still
+    in flight; their coroutines and TensorStore's callbacks then print
+    tracebacks ("Event loop is closed", "Exception ignored in ...") that would
+    bury the one-line error. Most come while the restore fails or when the
+    abandoned coroutines are collected, which happens here before stderr is
+    given back; the later ones are what :func:`ignore_abandoned_reads` drops.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            if failed:  # collect the abandoned reads now, without their complaints
+                hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+                asyncio_log = logging.getLogger("asyncio")
+                was_disabled, asyncio_log.disabled = asyncio_log.disabled, True
+                with warnings.catch_warnings():  # "coroutine ... was never awaited"
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    gc.collect()
+                sys.unraisablehook, asyncio_log.disabled = hook, was_disabled
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                sys.stderr.buffer.write(held.read())
+                sys.stderr.flush()
+
+
+def ignore_abandoned_reads() -> None:
+    """From now on, keeps the complaints of abandoned checkpoint reads off stderr, for good (a CLI's choice).
+
+    After a failed read of a damaged checkpoint, the reads orbax abandoned print
+    "Event loop is closed" tracebacks as they finish (through ``sys.excepthook``,
+    from TensorStore's threads, at any later time) and complain again when their
+    coroutines are collected (``sys.unraisablehook``, asyncio's log). ``load``
+    holds most of that back while it runs; this drops the late ones too, and
+    nothing else.
+    """
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def closed_loop(error) -> bool:
+        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+    def quiet_excepthook(kind, error, traceback):
+        if not closed_loop(error):
+            excepthook(kind, error, traceback)
+
+    def quiet_unraisablehook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if not (closed_loop(unraisable.exc_value) or (code is not None and "orbax" in code.co_filename)):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+    logging.getLogger("asyncio").addFilter(lambda record: "exception was never retrieved" not in record.getMessage())
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def _listed(epochs: list[int]) -> str:
+    return ", ".join(str(e) for e in epochs)
+
+
+def _shortened(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _step_directory_hint(path: str) -> str:
+    """Where ``path`` is one epoch's step directory inside a checkpoint directory, how to load it."""
+    parent, name = os.path.split(os.path.normpath(path))
+    if name.isdigit() and int(name) in saved_epochs(parent or "."):
+        return f"; this is one epoch's step of the checkpoint directory {parent}: load {parent} with --load_epoch={name}"
+    return ""
+
+
+def _restore(path: str, step: int, mesh: Optional[Mesh]) -> Checkpoint:
     with ocp.CheckpointManager(os.path.abspath(path)) as manager:
-        step = manager.latest_step() if epoch is None else epoch
-        if step is None or step not in manager.all_steps():
-            raise CheckpointError(f"{path}: no checkpoint found" + ("" if epoch is None else f" for epoch {epoch}"))
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         model_config = _model_config(meta)
         train_config = training.TrainConfig(**meta["train_config"])

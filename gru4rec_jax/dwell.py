@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from gru4rec_jax.data import EventTable, _session_sort_keys
+from gru4rec_jax.data import EventTable, session_sort_keys, session_time_order
 
 __all__ = ["dwell_times", "boost_by_dwell_time"]
 
 
 def dwell_times(table: EventTable) -> np.ndarray:
     """Dwell time of every event of ``table`` (in file order), in the data's time unit."""
-    keys = _session_sort_keys(table.session_ids)
-    order = np.lexsort((table.times, keys))  # stable: equal times keep file order
-    sorted_times, sorted_keys = table.times[order], keys[order]
+    keys = session_sort_keys(table.sessions)
+    order = session_time_order(keys, table.times)  # stable: equal times keep file order
+    sorted_times, sorted_keys = (table.times, keys) if order is None else (table.times[order], keys[order])
     same_session_next = np.r_[sorted_keys[1:] == sorted_keys[:-1], False]
     dwell_sorted = np.where(same_session_next, np.r_[np.diff(sorted_times), 0.0], 0.0)
+    if order is None:
+        return dwell_sorted
     dwell = np.empty_like(dwell_sorted)
     dwell[order] = dwell_sorted
     return dwell
@@ -42,10 +44,4 @@ def boost_by_dwell_time(table: EventTable, threshold: float) -> EventTable:
     if threshold == 0:
         return table
     repeats = np.floor(dwell_times(table) / threshold).astype(np.int64) + 1
-    pick = np.repeat(np.arange(len(table)), repeats)
-    return EventTable(
-        session_ids=table.session_ids[pick],
-        item_ids=table.item_ids[pick],
-        times=table.times[pick],
-        user_ids=None if table.user_ids is None else table.user_ids[pick],
-    )
+    return table.take(np.repeat(np.arange(len(table)), repeats))

@@ -14,6 +14,7 @@ import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gru4rec_jax import checkpoint as checkpoint_lib
@@ -45,6 +46,7 @@ class EvalConfig:
     mode: str = "conservative"
     cutoffs: tuple[int, ...] = (1, 5, 10, 20)
     batch_size: int = 512
+    item_coverage: bool = False  # also coverage@K (its top-K lists take 2.5-3.7x the evaluation time on CPU)
 
     def __post_init__(self):
         if self.mode not in evaluation.EVAL_MODES:
@@ -69,9 +71,13 @@ class ExperimentConfig:
     model: str = "gru4rec"
     user_layers: tuple[int, ...] = (100,)
     hrnn_mode: str = "init"
+    hrnn_user_input: str = "gates"  # all mode: gates (the authors' code) | all_blocks (the paper's reading)
     save_path: str = ""
     load_path: str = ""
-    resume: bool = False  # with load_path: train on up to train.n_epochs
+    load_epoch: int = 0  # with load_path: the epoch to load; 0 = the latest
+    # With load_path: train on up to train.n_epochs. (Without it, a save_path equal to
+    # load_path also resumes: up to the n_epochs the checkpoint's run was started with.)
+    resume: bool = False
     metrics_out: str = ""
     mesh: str = ""  # e.g. "items:8" or "data:2,items:4" (sharding.parse_mesh); empty: one device
 
@@ -87,6 +93,33 @@ def write_json_atomic(path: str, payload: dict) -> None:
 
 
 MODELS = ("gru4rec", "hrnn", "concat")
+
+
+def _same_directory(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_save_path(save_path: str, restored, load_path: str) -> None:
+    """Refuses a ``save_path`` whose checkpoints training would mix with its own or delete."""
+    saved = checkpoint_lib.saved_epochs(save_path)
+    if not saved:
+        return
+    if restored is None or not _same_directory(save_path, load_path):
+        raise checkpoint_lib.CheckpointError(
+            f"{save_path} already holds checkpoints (up to epoch {saved[-1]}); to resume them, add "
+            f"--load_path={save_path}; to start another run, choose another --save_path"
+        )
+    if saved[-1] > restored.epoch:
+        raise checkpoint_lib.CheckpointError(
+            f"{save_path} holds checkpoints after epoch {restored.epoch} (up to epoch {saved[-1]}); "
+            f"to resume from epoch {restored.epoch}, choose another --save_path"
+        )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 def _load_tables(cfg: DataConfig, log, with_users: bool = False):
@@ -105,7 +138,7 @@ def _load_tables(cfg: DataConfig, log, with_users: bool = False):
 
 
 def _with_gap_sessions(table, gap):
-    return dataclasses.replace(table, session_ids=user_data.sessions_by_idle_gap(table.user_ids, table.times, gap))
+    return table.replace(session_ids=user_data.idle_gap_sessions(table.users, table.times, gap))
 
 
 def _read_tables(cfg: DataConfig, log, with_users: bool):
@@ -134,15 +167,16 @@ def _read_tables(cfg: DataConfig, log, with_users: bool):
 
 def _replay_data(train_table, test_table, item_map, source) -> user_data.UserSessions:
     """Each test user's training sessions followed by the test session (the user's last)."""
-    test_users = np.unique(test_table.user_ids)
-    history = np.isin(train_table.user_ids, test_users)
+    test_users = test_table.users.values[test_table.users.used()]
+    history = train_table.take(np.isin(train_table.users.values, test_users)[train_table.users.codes])
     # Keep test session ids apart from training ones.
+    sessions = [data_lib.IdColumn(c.codes, np.char.add(prefix, c.values))
+                for prefix, c in (("train:", history.sessions), ("test:", test_table.sessions))]
     combined = data_lib.EventTable(
-        session_ids=np.concatenate([np.char.add("train:", train_table.session_ids[history].astype(str)),
-                                    np.char.add("test:", test_table.session_ids.astype(str))]),
-        item_ids=np.concatenate([train_table.item_ids[history], test_table.item_ids]),
-        times=np.concatenate([train_table.times[history], test_table.times]),
-        user_ids=np.concatenate([train_table.user_ids[history], test_table.user_ids]),
+        session_ids=data_lib.IdColumn.concatenate(sessions),
+        item_ids=data_lib.IdColumn.concatenate([history.items, test_table.items]),
+        times=np.concatenate([history.times, test_table.times]),
+        user_ids=data_lib.IdColumn.concatenate([history.users, test_table.users]),
     )
     return user_data.build_user_sessions(combined, item_map, source=source)
 
@@ -153,8 +187,15 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     Raises DataError, CheckpointError, TrainingError or ValueError with a
     one-line message on bad input. Checkpoints are written after every epoch
     to ``save_path``; a path that already holds checkpoints of another run is
-    refused rather than overwritten. ``cfg.mesh`` spreads the item tables
-    and lanes over devices (:mod:`gru4rec_jax.sharding`).
+    refused rather than overwritten. A run that fails (bad data, divergence)
+    leaves the checkpoints already written and ``metrics_out`` as they were.
+    ``cfg.mesh`` spreads the item tables and lanes over devices
+    (:mod:`gru4rec_jax.sharding`).
+
+    With ``load_path``, training resumes when ``cfg.resume`` asks for more
+    epochs than the checkpoint has, or when ``save_path`` is ``load_path``
+    (the training command rerun with ``--load_path``: it finishes the epochs
+    that run was started with); otherwise the checkpoint is evaluated.
     """
     mesh = None
     mesh_spec = sharding_lib.parse_mesh(cfg.mesh)
@@ -164,17 +205,23 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
         if not cfg.load_path:
             sharding_lib.check_batch_size(mesh, cfg.train.batch_size)
         log(f"mesh {mesh_spec} over {mesh.size} devices ({jax.process_count()} process(es))")
+    if cfg.metrics_out and os.path.isdir(cfg.metrics_out):
+        raise ValueError(f"--metrics_out {cfg.metrics_out} is a directory; give a file name")
     restored: Optional[checkpoint_lib.Checkpoint] = None
+    target_epochs = cfg.train.n_epochs
     if cfg.load_path:
-        restored = checkpoint_lib.load(cfg.load_path, mesh=mesh)
+        restored = checkpoint_lib.load(cfg.load_path, epoch=cfg.load_epoch or None, mesh=mesh)
         log(f"restored {cfg.load_path} (epoch {restored.epoch}, {len(restored.item_map)} items)")
-    save_path = cfg.save_path or (cfg.load_path if cfg.resume else "")
-    if save_path and os.path.abspath(save_path) != os.path.abspath(cfg.load_path or "\0"):
-        if checkpoint_lib.save_dir_has_checkpoints(save_path):
-            raise checkpoint_lib.CheckpointError(
-                f"{save_path} already holds checkpoints; choose another --save_path "
-                f"or resume from it with --load_path"
-            )
+        if not cfg.resume:
+            rerun = bool(cfg.save_path) and _same_directory(cfg.save_path, cfg.load_path)
+            target_epochs = restored.train_config.n_epochs if rerun else restored.epoch
+    needs_training = restored is None or target_epochs > restored.epoch
+    save_path = cfg.save_path or (cfg.load_path if needs_training and restored is not None else "")
+    if needs_training and save_path:
+        _check_save_path(save_path, restored, cfg.load_path)
+    if restored is not None and not needs_training and restored.epoch < restored.train_config.n_epochs:
+        log(f"evaluating the checkpoint of epoch {restored.epoch} as it is (its run was to train "
+            f"{restored.train_config.n_epochs} epochs: --n_epochs={restored.train_config.n_epochs} trains on)")
 
     data_cfg = cfg.data
     model_name = cfg.model
@@ -185,7 +232,6 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
     user_aware = model_name != "gru4rec"
-    needs_training = restored is None or (cfg.resume and cfg.train.n_epochs > restored.epoch)
     if restored is None or needs_training or not data_cfg.test_path or user_aware:
         # (User-aware evaluation replays each test user's training sessions.)
         train_table, test_table = _load_tables(data_cfg, log, with_users=user_aware)
@@ -198,18 +244,19 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
 
     if restored is not None:
         item_map, model_config = restored.item_map, restored.model_config
-        train_config = dataclasses.replace(restored.train_config, n_epochs=cfg.train.n_epochs)
+        train_config = dataclasses.replace(restored.train_config, n_epochs=target_epochs)
         state, start_epoch, epoch_losses = restored.state, restored.epoch, list(restored.epoch_losses)
         if needs_training:
             log("resuming with the checkpoint's hyperparameters")
     else:
-        item_map = data_lib.ItemMap.from_training(train_table.item_ids)
+        item_map = data_lib.ItemMap.from_training(train_table.items)
         model_config = ModelConfig(
             n_items=len(item_map), layers=cfg.layers,
             embedding=cfg.embedding, embedding_dim=cfg.embedding_dim, cell=cfg.cell,
         )
         if model_name == "hrnn":
-            model_config = hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode)
+            model_config = hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode,
+                                           user_input=cfg.hrnn_user_input)
         train_config, state, start_epoch, epoch_losses = cfg.train, None, 0, []
 
     metrics: dict = {}
@@ -223,13 +270,31 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
                 f"{train_data.n_users} users, {len(item_map)} items")
         else:
             if model_name == "concat":  # one sequence per user
-                train_table = dataclasses.replace(train_table, session_ids=train_table.user_ids)
+                train_table = train_table.replace(session_ids=train_table.users)
             train_data = data_lib.build_sessions(train_table, item_map, source=source)
             log(f"training data: {train_data.n_events} events, {train_data.n_sessions} sessions, "
                 f"{len(item_map)} items")
+
+    # Test sessions before training: bad test data stops the run now, not after it.
+    test_sessions = None
+    if test_table is not None:
+        source = data_cfg.test_path or "synthetic test data"
+        if user_aware:
+            test_sessions = _replay_data(train_table, test_table, item_map, source)
+        else:
+            test_sessions = data_lib.build_sessions(test_table, item_map, source=source)
+
+    if needs_training:
         writer = checkpoint_lib.CheckpointWriter(save_path) if save_path else None
 
         def on_epoch_end(state, stats):
+            # A finite loss does not prove finite parameters (the last step's
+            # update comes after its loss): never save or evaluate such a state.
+            if not _all_finite(state):
+                raise training.TrainingError(
+                    f"non-finite parameters after epoch {stats.epoch} (its loss was finite); "
+                    f"stopped (lower the learning rate?)"
+                )
             epoch_losses.append(stats.loss)
             if writer is not None:
                 writer.save(
@@ -243,6 +308,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
                 train_data, model_config, train_config, state=state,
                 start_epoch=start_epoch, on_epoch_end=on_epoch_end, log=log, mesh=mesh,
             )
+        except training.TrainingError as error:
+            kept = checkpoint_lib.saved_epochs(save_path) if save_path else []
+            if kept:
+                raise training.TrainingError(f"{error}; {save_path} keeps the checkpoint of epoch {kept[-1]}") from None
+            raise
         finally:
             if writer is not None:
                 writer.close()
@@ -257,23 +327,20 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     else:
         metrics["train_events_per_sec"] = None
 
-    if test_table is not None:
-        source = data_cfg.test_path or "synthetic test data"
-        if user_aware:
-            test_sessions = _replay_data(train_table, test_table, item_map, source)
-        else:
-            test_sessions = data_lib.build_sessions(test_table, item_map, source=source)
+    if test_sessions is not None:
         t0 = time.perf_counter()
         results = evaluation.evaluate(
             state.params, model_config, test_sessions, cutoffs=cfg.eval.cutoffs,
-            mode=cfg.eval.mode, batch_size=cfg.eval.batch_size, mesh=mesh,
+            mode=cfg.eval.mode, batch_size=cfg.eval.batch_size, mesh=mesh, item_coverage=cfg.eval.item_coverage,
         )
         seconds = time.perf_counter() - t0
         metrics.update(results)
         metrics["eval_events_per_sec"] = results["n_eval_events"] / seconds
         log(f"evaluation ({cfg.eval.mode}, {results['n_eval_events']} events, {seconds:.2f}s):")
         for k in cfg.eval.cutoffs:
-            log(f"  Recall@{k}: {results[f'recall@{k}']:.4f}  MRR@{k}: {results[f'mrr@{k}']:.4f}")
+            coverage = f"  Coverage@{k}: {results[f'coverage@{k}']:.4f}" if cfg.eval.item_coverage else ""
+            log(f"  Recall@{k}: {results[f'recall@{k}']:.4f}  MRR@{k}: {results[f'mrr@{k}']:.4f}  "
+                f"NDCG@{k}: {results[f'ndcg@{k}']:.4f}{coverage}")
     else:
         log("no test data given: skipping evaluation")
 

@@ -8,11 +8,15 @@ with ``c_0 = 0``. Each later session of the user starts from
 (EXTENSIONS.md section 3).
 
 Modes: ``init`` (the user state only initialises the session GRU) and ``all``
-(it is also an input of the session GRU at every step). For ``all`` this
-project feeds the user state as a full input of the first session layer -- a
-matrix ``Wc`` added to the input projection of all three gate blocks, as the
-paper describes it -- rather than only into the reset and update gates as the
-reference code does.
+(it is also an input of the first session layer at every step, through a
+matrix ``Wc``). Where ``all`` feeds it, ``user_input`` says:
+
+- ``gates`` (default, the authors' code): into the reset and update gates
+  only; ``Wc`` is (u, 2h), added to their pre-activations. The reference
+  allocates a third block for the candidate but never uses it.
+- ``all_blocks`` (the paper's "input" read literally): into all three gate
+  blocks, candidate included; ``Wc`` is (u, 3h). Checkpoints written before
+  this option existed are this form.
 
 Dropout: ``dropout_p_hidden`` on the session GRU output, ``dropout_p_hidden_usr``
 on the user GRU output and ``dropout_p_init`` on the initialisation vector;
@@ -28,22 +32,26 @@ import jax.numpy as jnp
 
 from gru4rec_jax import model as model_lib
 
-__all__ = ["HRNNConfig", "HRNN_MODES", "init_params", "zero_carry", "dropout_masks", "begin_step", "forward"]
+__all__ = ["HRNNConfig", "HRNN_MODES", "USER_INPUTS", "init_params", "zero_carry", "dropout_masks", "begin_step", "forward"]
 
 HRNN_MODES = ("init", "all")
+USER_INPUTS = ("gates", "all_blocks")  # where HRNN-all's user state enters (module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
 class HRNNConfig:
-    """Shape of an HRNN: the session network, the user GRU layers and the mode."""
+    """Shape of an HRNN: the session network, the user GRU layers, the mode and (``all``) the user input."""
 
     session: model_lib.ModelConfig
     user_layers: tuple[int, ...] = (100,)
     mode: str = "init"
+    user_input: str = "gates"  # all mode only: gates | all_blocks
 
     def __post_init__(self):
         if self.mode not in HRNN_MODES:
             raise ValueError(f"hrnn_mode must be one of {HRNN_MODES}, got {self.mode!r}")
+        if self.user_input not in USER_INPUTS:
+            raise ValueError(f"hrnn_user_input must be one of {USER_INPUTS}, got {self.user_input!r}")
         if not self.user_layers or min(self.user_layers) < 1:
             raise ValueError(f"user_layers must be positive sizes, got {self.user_layers}")
 
@@ -81,7 +89,10 @@ def init_params(key: jax.Array, config: HRNNConfig) -> dict:
         for h, k in zip(config.session.layers, jax.random.split(key_init, len(config.session.layers)))
     ]
     if config.mode == "all":
-        session_layers[0]["Wc"] = model_lib._gate_blocks(key_context, user_top, config.session.layers[0], 3)
+        # (u, 3h) for the candidate and both gates, (u, 2h) for the gates alone:
+        # model.forward_step reads which from the width.
+        blocks = 3 if config.user_input == "all_blocks" else 2
+        session_layers[0]["Wc"] = model_lib._gate_blocks(key_context, user_top, config.session.layers[0], blocks)
     params["layers"] = {"session": session_layers, "user": user, "init": init}
     return params
 

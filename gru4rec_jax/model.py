@@ -295,8 +295,9 @@ def forward_step(
       hidden: per-layer states, each (B, h_l).
       dropout_key: draws the dropout masks (:func:`dropout_masks`); or pass
         ``masks`` drawn beforehand. Neither: inference, no dropout.
-      context: (B, c) extra input of the first layer, through its ``Wc`` (c, 3h)
-        (HRNN-all feeds the user state here).
+      context: (B, c) extra input of the first layer, through its ``Wc``: a
+        (c, 3h) ``Wc`` adds to all three gate blocks, a (c, 2h) one to the
+        reset and update gates only (HRNN-all feeds the user state here).
     Returns ``(output, new_hidden)``: the last layer's output (B, h_L), after
     dropout, and the new states. The state carried forward is each layer's
     output AFTER dropout, as in the reference.
@@ -310,7 +311,10 @@ def forward_step(
     for layer, h, keep in zip(layers, hidden, masks[1:]):
         x_proj = x + layer["b"] if "Wx" not in layer else x @ layer["Wx"] + layer["b"]
         if "Wc" in layer:
-            x_proj = x_proj + context @ layer["Wc"]
+            extra = context @ layer["Wc"]
+            if extra.shape[1] < x_proj.shape[1]:  # (c, 2h): the gates only, nothing for the candidate block
+                extra = jnp.pad(extra, ((0, 0), (x_proj.shape[1] - extra.shape[1], 0)))
+            x_proj = x_proj + extra
         x = _apply_dropout(gru_cell(layer, x_proj, h), keep, dropout_p_hidden)
         new_hidden.append(x)
     return x, new_hidden

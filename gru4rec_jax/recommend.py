@@ -9,7 +9,7 @@ Example::
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +51,9 @@ class Recommender:
         self.item_map = item_map
 
     @classmethod
-    def load(cls, path: str) -> "Recommender":
-        """From a checkpoint directory written by ``--save_path``."""
-        ckpt = checkpoint.load(path)
+    def load(cls, path: str, epoch: Optional[int] = None) -> "Recommender":
+        """From a checkpoint directory written by ``--save_path``: its latest epoch, or ``epoch``."""
+        ckpt = checkpoint.load(path, epoch=epoch)
         if not isinstance(ckpt.model_config, model_lib.ModelConfig) or ckpt.extra.get("model", "gru4rec") != "gru4rec":
             raise checkpoint.CheckpointError(
                 f"{path}: Recommender serves session-only GRU4Rec models; this one needs the user's history")

@@ -14,13 +14,19 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gru4rec_jax.batching import assign_lanes
-from gru4rec_jax.data import DataError, EventTable, ItemMap, Sessions, _session_sort_keys, build_sessions, gather_ranges
+from gru4rec_jax.data import (
+    DataError, EventTable, IdColumn, ItemMap, Sessions, arrow_strings, gather_ranges, group_sessions, numpy_strings,
+    session_sort_keys, session_time_order,
+)
 
 __all__ = [
     "UserSessions",
     "UserSchedule",
+    "idle_gap_sessions",
     "sessions_by_idle_gap",
     "build_user_sessions",
     "split_last_session",
@@ -28,26 +34,55 @@ __all__ = [
 ]
 
 
-def _require_users(table: EventTable, source: str) -> np.ndarray:
-    if table.user_ids is None:
+def _require_users(table: EventTable, source: str) -> IdColumn:
+    if table.users is None:
         raise DataError(f"{source}: no user column (HRNN needs one; set --user_key)")
-    return table.user_ids
+    return table.users
+
+
+def idle_gap_sessions(users: IdColumn, times: np.ndarray, gap: float) -> IdColumn:
+    """Sessions ``"<user>:<k>"``, one per row: a user's next session starts after more than ``gap`` idle time."""
+    if gap <= 0:
+        raise ValueError(f"the session gap must be > 0, got {gap}")
+    keys = session_sort_keys(users)
+    order = session_time_order(keys, times)
+    user_codes = users.codes
+    if order is not None:
+        keys, times, user_codes = keys[order], times[order], user_codes[order]
+    new_user = np.r_[True, keys[1:] != keys[:-1]]
+    new_session = new_user | np.r_[True, np.diff(times) > gap]
+    # Number the sessions: overall, then within each user (0, 1, ...).
+    session_no = np.cumsum(new_session) - 1
+    starts = np.flatnonzero(new_session)
+    first_of_user = np.maximum.accumulate(np.where(new_user[starts], np.arange(len(starts)), 0))
+    labels = pc.binary_join_element_wise(
+        arrow_strings(users.values[user_codes[starts]]),
+        pc.cast(pa.array(np.arange(len(starts)) - first_of_user), pa.string()), ":")
+    codes = session_no.astype(np.int32)
+    if order is not None:
+        codes = np.empty_like(codes)
+        codes[order] = session_no
+    return IdColumn(codes=codes, values=numpy_strings(labels))
 
 
 def sessions_by_idle_gap(user_ids: np.ndarray, times: np.ndarray, gap: float) -> np.ndarray:
-    """Session labels ``"<user>:<k>"``: a user's next session starts after more than ``gap`` idle time."""
-    if gap <= 0:
-        raise ValueError(f"the session gap must be > 0, got {gap}")
-    user_keys = _session_sort_keys(np.asarray(user_ids))
-    order = np.lexsort((times, user_keys))
-    new_user = np.r_[True, user_keys[order][1:] != user_keys[order][:-1]]
-    new_session = new_user | np.r_[True, np.diff(times[order]) > gap]
-    # Number the sessions within each user: 0, 1, ...
-    session_no = np.cumsum(new_session) - 1
-    first_of_user = np.maximum.accumulate(np.where(new_user, session_no, 0))
-    labels = np.empty(len(times), dtype=object)
-    labels[order] = [f"{u}:{k}" for u, k in zip(np.asarray(user_ids)[order], session_no - first_of_user)]
-    return labels.astype(str)
+    """Session labels ``"<user>:<k>"`` as strings (see :func:`idle_gap_sessions`)."""
+    return idle_gap_sessions(IdColumn.encode(user_ids), np.asarray(times, np.float64), gap).decode()
+
+
+def _text_ranks(column: IdColumn) -> np.ndarray:
+    """Rank of each value of ``column`` in text order."""
+    ranks = np.empty(len(column.values), np.int64)
+    ranks[np.argsort(column.values, kind="stable")] = np.arange(len(column.values))
+    return ranks
+
+
+def _user_session_keys(users: IdColumn, sessions: IdColumn) -> np.ndarray:
+    """Key of each row's (user, session) pair, in the text order of ``user + "\\x1f" + session``.
+
+    A session belongs to one user: the same session id under two users is two sessions.
+    """
+    return _text_ranks(users)[users.codes] * len(sessions.values) + _text_ranks(sessions)[sessions.codes]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,37 +110,28 @@ def build_user_sessions(
     idle gaps longer than it (in the data's time unit).
     """
     users = _require_users(table, source)
-    session_ids = table.session_ids if session_gap is None else sessions_by_idle_gap(users, table.times, session_gap)
-    # A session belongs to one user: key sessions by (user, session).
-    keyed = EventTable(
-        session_ids=np.char.add(np.char.add(users.astype(str), "\x1f"), session_ids.astype(str)),
-        item_ids=table.item_ids,
-        times=table.times,
-    )
-    sessions = build_sessions(keyed, item_map, source=source)  # ordered by first timestamp
-    owner = np.asarray([s.split("\x1f", 1)[0] for s in sessions.session_ids])
-    owner_keys = _session_sort_keys(owner)
-    # Stable sort by user keeps each user's sessions in time order; users by first event.
-    first_start = {}
-    for k, u in enumerate(owner_keys.tolist()):
-        first_start.setdefault(u, k)
-    user_rank = np.asarray([first_start[u] for u in owner_keys.tolist()])
-    order = np.argsort(user_rank, kind="stable")
-    lengths = sessions.lengths[order]
-    starts = sessions.offsets[:-1][order]
-    event_order = gather_ranges(starts, lengths)
+    sessions = table.sessions if session_gap is None else idle_gap_sessions(users, table.times, session_gap)
+    grouped, first_rows = group_sessions(  # ordered by first timestamp
+        item_map.lookup(table.items), table.times, _user_session_keys(users, sessions), source)
+    owner = users.codes[first_rows]
+    # Users by their first session (so by first event); a stable sort keeps each user's sessions in time order.
+    first_session = np.full(len(users.values), grouped.n_sessions, np.int64)
+    np.minimum.at(first_session, owner, np.arange(grouped.n_sessions))
+    order = np.argsort(first_session[owner], kind="stable")
+    lengths = grouped.lengths[order]
+    event_order = gather_ranges(grouped.offsets[:-1][order], lengths)
     regrouped = Sessions(
-        items=sessions.items[event_order],
+        items=grouped.items[event_order],
         offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
-        times=sessions.times[event_order],
-        session_ids=np.asarray([s.split("\x1f", 1)[1] for s in sessions.session_ids[order]]),
+        times=grouped.times[event_order],
+        session_ids=sessions.values[sessions.codes[first_rows[order]]],
     )
-    new_user = np.r_[True, owner_keys[order][1:] != owner_keys[order][:-1]]
-    user_starts = np.flatnonzero(new_user)
+    owner = owner[order]
+    user_starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
     return UserSessions(
         sessions=regrouped,
         user_offsets=np.r_[user_starts, len(order)].astype(np.int64),
-        user_ids=owner[order][user_starts],
+        user_ids=users.values[owner[user_starts]],
     )
 
 
@@ -115,31 +141,26 @@ def split_last_session(
     """(train, test): each user's last session (latest start) is the test session.
 
     Users with a single session stay entirely in training. Apply it again to
-    the training part for the validation split.
+    the training part for the validation split. With ``session_gap`` the parts
+    carry the idle-gap sessions.
     """
     users = _require_users(table, source)
-    sessions = table.session_ids if session_gap is None else sessions_by_idle_gap(users, table.times, session_gap)
-    key = np.char.add(np.char.add(users.astype(str), "\x1f"), sessions.astype(str))
-    unique, inverse = np.unique(key, return_inverse=True)
-    start = np.full(len(unique), np.inf)
+    if session_gap is not None:
+        table = table.replace(session_ids=idle_gap_sessions(users, table.times, session_gap))
+    pairs, inverse = np.unique(_user_session_keys(users, table.sessions), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    start = np.full(len(pairs), np.inf)
     np.minimum.at(start, inverse, table.times)
-    owner = np.asarray([k.split("\x1f", 1)[0] for k in unique])
-    last = {}
-    count = {}
-    for s in np.lexsort((np.arange(len(unique)), start)):  # by start time, ties by key
-        last[owner[s]] = s
-        count[owner[s]] = count.get(owner[s], 0) + 1
-    is_test_session = np.zeros(len(unique), bool)
-    for user, s in last.items():
-        is_test_session[s] = count[user] > 1
-    is_test = is_test_session[inverse]
-
-    def subset(mask):
-        return EventTable(
-            session_ids=sessions[mask], item_ids=table.item_ids[mask], times=table.times[mask], user_ids=users[mask]
-        )
-
-    return subset(~is_test), subset(is_test)
+    owner = np.empty(len(pairs), np.int64)
+    owner[inverse] = users.codes
+    # Per user, the session that starts last (ties: the later pair in text order) is the test session,
+    # unless it is the user's only one.
+    order = np.lexsort((np.arange(len(pairs)), start, owner))
+    last = order[np.r_[owner[order][1:] != owner[order][:-1], True]]
+    is_test_pair = np.zeros(len(pairs), bool)
+    is_test_pair[last] = np.bincount(owner)[owner[last]] > 1
+    is_test = is_test_pair[inverse]
+    return table.take(~is_test), table.take(is_test)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,3 +34,25 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         items[:] = [item for item in items if not item.get_closest_marker(unwanted)]
         config.hook.pytest_deselected(items=dropped)
+
+
+@pytest.fixture
+def rounding_differs_per_product(monkeypatch):
+    """The k-th product of scores traced comes out k float32 steps higher: two products of the same
+    values rounding differently, as two compiled kernels may. The order within a product is kept."""
+    from gru4rec_jax import evaluation
+
+    original, products = evaluation._scores, []
+
+    def scores(*args):
+        computed = original(*args)
+        for _ in range(len(products)):
+            computed = jax.numpy.nextafter(computed, jax.numpy.inf)
+        products.append(computed.shape)
+        return computed
+
+    monkeypatch.setattr(evaluation, "_scores", scores)
+    jax.clear_caches()  # trace anew, with the patched products (and never keep them for other tests)
+    yield products
+    monkeypatch.undo()
+    jax.clear_caches()

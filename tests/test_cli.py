@@ -35,15 +35,22 @@ def test_train_evaluate_save_resume(tmp_path):
     run_cli(*SMALL, "--n_epochs=2", f"--save_path={ckpt}", f"--metrics_out={metrics_path}")
     metrics = json.loads(metrics_path.read_text())
     for k in (1, 5, 10, 20):
-        assert 0.0 <= metrics[f"recall@{k}"] <= 1.0 and 0.0 <= metrics[f"mrr@{k}"] <= metrics[f"recall@{k}"]
+        # 1/rank <= 1/log2(rank + 1) <= 1 for every rank >= 1.
+        assert 0.0 <= metrics[f"recall@{k}"] <= 1.0
+        assert 0.0 <= metrics[f"mrr@{k}"] <= metrics[f"ndcg@{k}"] <= metrics[f"recall@{k}"]
+    assert not any(key.startswith("coverage@") for key in metrics)  # opt-in
     assert len(metrics["epoch_losses"]) == 2 and metrics["train_events_per_sec"] > 0
     assert metrics["n_eval_events"] > 0
 
-    # Evaluate only: same metrics, no training.
+    # Evaluate only: same metrics, no training; with item coverage.
     again = tmp_path / "again.json"
-    out = run_cli(f"--load_path={ckpt}", f"--metrics_out={again}")
+    out = run_cli(f"--load_path={ckpt}", f"--metrics_out={again}", "--item_coverage")
     evaluated = json.loads(again.read_text())
     assert evaluated["recall@20"] == metrics["recall@20"] and evaluated["train_events_per_sec"] is None
+    assert evaluated["ndcg@20"] == metrics["ndcg@20"]
+    coverage = [evaluated[f"coverage@{k}"] for k in (1, 5, 10, 20)]
+    assert 0.0 < coverage[0] <= coverage[1] <= coverage[2] <= coverage[3] <= 1.0
+    assert "NDCG@20: " in out.stdout and "Coverage@20: " in out.stdout
     assert "epoch" not in out.stdout.split("restored")[-1].split("evaluation")[0].replace("epoch 2", "")
 
     # Resume to 3 epochs == training 3 epochs straight.
@@ -60,8 +67,39 @@ def test_refuses_to_overwrite_checkpoints(tmp_path):
     run_cli(*SMALL, "--n_epochs=1", f"--save_path={ckpt}")
     before = sorted(glob.glob(str(ckpt / "**"), recursive=True))
     line = _error_line(run_cli(*SMALL, "--n_epochs=1", f"--save_path={ckpt}", check=False))
-    assert "already holds checkpoints" in line
+    assert line == (f"error: {ckpt} already holds checkpoints (up to epoch 1); to resume them, add "
+                    f"--load_path={ckpt}; to start another run, choose another --save_path")
     assert sorted(glob.glob(str(ckpt / "**"), recursive=True)) == before
+
+
+def _contents(directory):
+    return {path: open(path, "rb").read() for path in glob.glob(str(directory / "**"), recursive=True)
+            if os.path.isfile(path)}
+
+
+def test_damaged_checkpoint_is_a_one_line_error_and_an_older_epoch_resumes(tmp_path):
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.json"
+    run_cli(*SMALL, "--n_epochs=2", f"--save_path={ckpt}", f"--metrics_out={metrics}")
+    manifest = ckpt / "2" / "state" / "manifest.ocdbt"
+    manifest.write_bytes(bytes(range(256))[: len(manifest.read_bytes())])  # overwritten with garbage
+    damaged = f"error: {ckpt}: the checkpoint of epoch 2 is damaged or unreadable ("
+    hint = "; epoch 1 is also there: --load_epoch=1 loads it"
+    for args in ([], ["--n_epochs=3"]):  # evaluating, resuming
+        line = _error_line(run_cli(f"--load_path={ckpt}", *args, check=False))
+        assert line.startswith(damaged) and line.endswith(hint), line
+
+    # Resuming from epoch 1 must not write over (or delete) the later epoch in the same directory.
+    contents = _contents(ckpt)
+    line = _error_line(run_cli(f"--load_path={ckpt}", "--load_epoch=1", "--n_epochs=3", check=False))
+    assert line == (f"error: {ckpt} holds checkpoints after epoch 1 (up to epoch 2); "
+                    f"to resume from epoch 1, choose another --save_path")
+    assert _contents(ckpt) == contents
+    # Into another directory it resumes, and retrains epoch 2 exactly.
+    resumed = tmp_path / "resumed.json"
+    run_cli(f"--load_path={ckpt}", "--load_epoch=1", "--n_epochs=3", f"--save_path={tmp_path / 'again'}",
+            f"--metrics_out={resumed}")
+    losses = json.loads(resumed.read_text())["epoch_losses"]
+    assert len(losses) == 3 and losses[:2] == json.loads(metrics.read_text())["epoch_losses"]
 
 
 def _tsv(path, header, rows):

@@ -8,9 +8,14 @@ import csv
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from gru4rec_jax.data import DataError, EventTable, ItemMap, build_sessions, read_events
+from gru4rec_jax import data as data_module
+from gru4rec_jax.data import (
+    DataError, EventTable, IdColumn, ItemMap, build_sessions, format_floats, read_events, session_time_order, write_events,
+)
 from gru4rec_jax.synthetic import generate_events, generate_train_test
 
 
@@ -420,3 +425,164 @@ def test_huge_integer_session_ids_sort_as_text():
     )
     sessions = build_sessions(table, ItemMap.from_training(table.item_ids))
     assert sessions.n_sessions == 2 and list(sessions.lengths) == [2, 2]
+
+
+# --------------------------------------------------------------------------- input-file faults, formats, blocks
+
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_utf8_bom_is_not_part_of_the_first_column_name(tmp_path):
+    """A byte-order mark (as some editors write) does not hide the first column."""
+    path = _write_bytes(tmp_path / "e.tsv", b"\xef\xbb\xbfSessionId\tItemId\tTime\n1\ta\t1\n")
+    table = read_events(path)
+    assert list(table.session_ids) == ["1"] and list(table.item_ids) == ["a"]
+
+
+def test_crlf_line_endings_throughout(tmp_path):
+    """CRLF files: no carriage return glued to the last column, line numbers still count file lines."""
+    path = _write_bytes(tmp_path / "e.tsv", b"SessionId\tTime\tItemId\r\n1\t1\ta\r\n\r\n2\t2.5\tb\r\n")
+    table = read_events(path)
+    assert list(table.item_ids) == ["a", "b"] and list(table.session_ids) == ["1", "2"]
+    np.testing.assert_array_equal(table.times, [1.0, 2.5])
+    path = _write_bytes(tmp_path / "f.tsv", b"SessionId\tItemId\tTime\r\n1\ta\t1\r\n\r\n2\tb\tx\r\n")
+    assert "f.tsv:4" in _data_error(path)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e400"])
+def test_non_finite_times_are_refused_with_their_line(tmp_path, value):
+    path = _write(tmp_path / "e.tsv", f"SessionId\tItemId\tTime\n1\ta\t1\n\n1\tb\t{value}\n2\tc\t3\n")
+    message = _data_error(path)
+    assert "e.tsv:4" in message and value in message
+
+
+def test_duplicated_header_name(tmp_path):
+    """Two columns of one name are ambiguous: refused, whether the name is used or not."""
+    message = _data_error(_write(tmp_path / "e.tsv", "SessionId\tItemId\tTime\tItemId\n1\ta\t1\tb\n"))
+    assert "duplicated" in message and "ItemId" in message
+    assert "duplicated" in _data_error(_write(tmp_path / "f.tsv", "x\tSessionId\tItemId\tTime\tx\n0\t1\ta\t1\t0\n"))
+
+
+def test_non_utf8_line_names_line(tmp_path):
+    path = _write_bytes(tmp_path / "e.tsv", b"SessionId\tItemId\tTime\n1\ta\t1\n1\t\xff\t2\n")
+    message = _data_error(path)
+    assert "e.tsv:3" in message and "UTF-8" in message
+
+
+def _random_rows(rng, n):
+    sessions = rng.integers(0, n // 3, n)
+    items = rng.integers(0, 50, n)
+    return [(f"{s}", f"i{i}", float(t)) for s, i, t in zip(sessions, items, rng.integers(0, 10**6, n))]
+
+
+def test_many_blocks_read_like_one(tmp_path, monkeypatch):
+    """Blocks of a few hundred bytes: ids, first-appearance order and a late bad line as with one block."""
+    rows = _random_rows(np.random.default_rng(5), 600)
+    text = "SessionId\tItemId\tTime\n" + "".join(f"{s}\t{i}\t{t!r}\n" for s, i, t in rows)
+    path = _write(tmp_path / "e.tsv", text)
+    monkeypatch.setattr(data_module, "BLOCK_SIZE", 300)
+    table = read_events(path)
+    assert table.session_ids.tolist() == [r[0] for r in rows]
+    assert table.item_ids.tolist() == [r[1] for r in rows]
+    assert table.times.tolist() == [r[2] for r in rows]
+    assert list(ItemMap.from_training(table.items).ids) == list(dict.fromkeys(r[1] for r in rows))
+    bad = _write(tmp_path / "f.tsv", text + "7\tx\n")
+    assert f"f.tsv:{len(rows) + 2}: expected 3 tab-separated fields, got 2" in _data_error(bad)
+
+
+@pytest.mark.parametrize("name", ["e.csv", "e.tsv.gz", "e.parquet"])
+def test_other_formats_round_trip(tmp_path, name):
+    """CSV, compressed TSV and Parquet (chosen by extension) read back what was written."""
+    rows = _random_rows(np.random.default_rng(6), 200)
+    table = EventTable(*(np.asarray(column) for column in zip(*rows)), user_ids=[f"u{k % 7}" for k in range(200)])
+    path = str(tmp_path / name)
+    write_events(path, table)
+    back = read_events(path, user_key="UserId")
+    for column in ("session_ids", "item_ids", "times", "user_ids"):
+        np.testing.assert_array_equal(getattr(back, column), getattr(table, column))
+
+
+def test_parquet_with_integer_ids_and_faults(tmp_path):
+    """Integer id columns read as their decimal text; a null or a missing column is a one-line error."""
+    path = str(tmp_path / "e.parquet")
+    pq.write_table(pa.table({"SessionId": [10, 10, 9], "ItemId": [7, 8, 7], "Time": [1, 2, 3]}), path)
+    table = read_events(path)
+    assert table.session_ids.tolist() == ["10", "10", "9"] and table.item_ids.tolist() == ["7", "8", "7"]
+    assert table.times.dtype == np.float64
+    pq.write_table(pa.table({"SessionId": ["1", None], "ItemId": ["a", "b"], "Time": [1.0, 2.0]}), path)
+    assert "row 2: missing SessionId" in _data_error(path)
+    pq.write_table(pa.table({"SessionId": ["1"], "Time": [1.0]}), path)
+    assert "missing column(s) ItemId" in _data_error(path)
+
+
+def test_written_times_are_repr(tmp_path):
+    """Text times are exactly Python's repr (so that files compare with earlier outputs and read back)."""
+    times = _awkward_floats()
+    path = str(tmp_path / "e.tsv")
+    write_events(path, EventTable(np.zeros(len(times), int).astype(str), np.zeros(len(times), int).astype(str), times))
+    with open(path) as f:
+        written = [line.rstrip("\n").split("\t")[2] for line in f][1:]
+    assert written == [repr(float(t)) for t in times]
+    np.testing.assert_array_equal(read_events(path).times, times)
+
+
+def _awkward_floats():
+    rng = np.random.default_rng(7)
+    return np.concatenate([
+        [0.0, -0.0, 1.0, 3.0, 1e16, 1e15, 9.9e15, 123456789012345678.0, 1e-4, 1e-5, 0.0001234, 5e-324, 1e22, -7.5],
+        rng.uniform(1.3e9, 1.7e9, 300).round(3), rng.integers(1.3e12, 1.7e12, 100).astype(float),
+        rng.uniform(1.3e12, 1.7e12, 100), 10 ** rng.uniform(-8, 20, 300), rng.integers(1, 10**6, 100) * 0.001,
+    ])
+
+
+def test_format_floats_is_repr():
+    values = _awkward_floats()
+    assert format_floats(values).to_pylist() == [repr(float(v)) for v in values]
+
+
+def test_write_refuses_ids_with_the_delimiter(tmp_path):
+    table = EventTable(["a\tb"], ["x"], [1.0])
+    with pytest.raises(DataError, match="contains the delimiter"):
+        write_events(str(tmp_path / "e.tsv"), table)
+
+
+# --------------------------------------------------------------------------- id columns
+
+
+def test_id_column_codes_values_take_and_concatenate():
+    column = IdColumn.encode(["b", "a", "b", "c"])
+    assert column.values.tolist() == ["b", "a", "c"] and column.codes.tolist() == [0, 1, 0, 2]
+    part = column.take(np.array([2, 3]))
+    assert part.values is column.values and part.decode().tolist() == ["b", "c"]
+    assert part.used().tolist() == [True, False, True] and part.n_distinct() == 2
+    assert part.compact().values.tolist() == ["b", "c"] and part.compact().decode().tolist() == ["b", "c"]
+    joined = IdColumn.concatenate([part, IdColumn.encode(["z", "b"])])
+    assert joined.decode().tolist() == ["b", "c", "z", "b"] and len(set(joined.values.tolist())) == len(joined.values)
+    assert column.count_at_least(2).tolist() == [True, False, True, False]
+    # Vocabularies of any text: empty, non-ASCII, a NUL inside (not numpy's padding).
+    odd = ["", "é", "a\x00b", "日本", "a", ""]
+    assert IdColumn.encode(odd).decode().tolist() == odd
+
+
+def test_item_map_of_a_column_equals_that_of_its_strings():
+    """First appearance among the rows, whether the codes follow it (a fresh read) or not (after a take)."""
+    rng = np.random.default_rng(8)
+    ids = np.char.add("i", rng.integers(0, 40, 300).astype(str))
+    column = IdColumn.encode(ids)
+    shuffled = column.take(rng.permutation(300))
+    for col in (column, shuffled):
+        expected = list(dict.fromkeys(col.decode().tolist()))
+        assert ItemMap.from_training(col).ids.tolist() == expected
+        item_map = ItemMap.from_training(col)
+        np.testing.assert_array_equal(item_map.lookup(col), item_map.lookup(col.decode().tolist()))
+
+
+def test_session_time_order():
+    """None for rows already by (key, time); else the stable lexsort."""
+    keys, times = np.array([1, 1, 2, 5, 5]), np.array([3.0, 4.0, 0.0, 1.0, 1.0])
+    assert session_time_order(keys, times) is None
+    keys, times = np.array([2, 1, 1, 2]), np.array([1.0, 5.0, 5.0, 0.0])
+    assert session_time_order(keys, times).tolist() == [1, 2, 3, 0]

@@ -17,33 +17,79 @@ def _np_cell(layer, x, h):
     return (1 - z) * h + z * c
 
 
-def reference_metrics(params, sessions_items, cutoffs, mode):
-    """Each session alone from a zero state; rank over all items; averaged over events."""
+# Scores closer to the target's than this (relative to the event's largest score, at least 1) could
+# let float32 rounding decide a rank: 60 times the float32 error of the fixture's scores (1.6e-7).
+NEAR = 1e-5
+
+
+def reference_events(params, sessions_items):
+    """Each session alone from a zero state, in float64: per next-item event, (scores over all items, target)."""
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    wy, by = params["tables"]["Wy"], params["tables"]["By"]
-    ranks = []
+    tables = params["tables"]
+    wy, by = tables["Wy"], tables["By"]
+    inputs = tables.get("E", tables.get("Wx0", wy))
+    events = []
     for items in sessions_items:
         hidden = [np.zeros((1, layer["Wh"].shape[0])) for layer in params["layers"]]
         for current, target in zip(items[:-1], items[1:]):
-            x = wy[[current]]
+            x = inputs[[current]]
             for i, layer in enumerate(params["layers"]):
                 hidden[i] = _np_cell(layer, x, hidden[i])
                 x = hidden[i]
-            scores = (x @ wy.T + by)[0]
-            # float32 scores, as the library computes them, so that ties agree.
-            scores = scores.astype(np.float32)
-            t = scores[target]
-            greater, equal = np.sum(scores > t), np.sum(scores == t)
-            ranks.append(
-                {"standard": greater + 1, "conservative": greater + equal,
-                 "median": greater + 0.5 * (equal - 1) + 1}[mode]
-            )
+            events.append(((x @ wy.T + by)[0], target))
+    return events
+
+
+def assert_no_near_ties(scores, target, cutoffs=()):
+    """The test's precondition: every other item scores exactly as the target (identical rows, built
+    to tie exactly) or farther from it than NEAR, and so do the K-th and (K+1)-th best scores, so that
+    any disagreement with the reference is a bug."""
+    scale = NEAR * max(1.0, np.abs(scores).max())
+    gaps = np.abs(np.delete(scores, target) - scores[target])
+    assert not ((gaps > 0) & (gaps <= scale)).any(), \
+        f"precondition: an item scores within {NEAR:g} of the target (gaps {np.sort(gaps)[:3]})"
+    best = np.sort(scores)[::-1]
+    for k in cutoffs:
+        if k < len(scores):
+            assert not 0 < best[k - 1] - best[k] <= scale, f"precondition: a near-tie at the top-{k} list's end"
+
+
+def top_items(scores, k):
+    """The k best items, equal scores in item order (the lower index first)."""
+    return np.lexsort((np.arange(len(scores)), -scores))[:k]
+
+
+def reference_metrics(params, sessions_items, cutoffs, mode):
+    """Metrics over every next-item event, each session alone from a zero state, averaged over events."""
+    ranks, recommended = [], {k: set() for k in cutoffs}
+    events = reference_events(params, sessions_items)
+    for scores, target in events:
+        assert_no_near_ties(scores, target, cutoffs)
+        t = scores[target]
+        greater, equal = np.sum(scores > t), np.sum(scores == t)
+        ranks.append({"standard": greater + 1, "conservative": greater + equal,
+                      "median": greater + 0.5 * (equal - 1) + 1}[mode])
+        for k in cutoffs:
+            recommended[k].update(top_items(scores, k).tolist())
     ranks = np.asarray(ranks, np.float64)
     out = {}
     for k in cutoffs:
         out[f"recall@{k}"] = np.mean(ranks <= k)
         out[f"mrr@{k}"] = np.mean(np.where(ranks <= k, 1.0 / ranks, 0.0))
+        out[f"ndcg@{k}"] = np.mean(np.where(ranks <= k, 1.0 / np.log2(ranks + 1), 0.0))
+        out[f"coverage@{k}"] = len(recommended[k]) / len(events[0][0])
     return out, len(ranks)
+
+
+def assert_matches_reference(got, params, sessions_items, cutoffs, mode):
+    """``got`` has the reference's metrics: all of them, or all but coverage@K where it was not asked for."""
+    want, n = reference_metrics(params, sessions_items, cutoffs, mode)
+    assert got["n_eval_events"] == n
+    if not any(key.startswith("coverage@") for key in got):
+        want = {key: value for key, value in want.items() if not key.startswith("coverage@")}
+    assert set(got) == set(want) | {"n_eval_events"}
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
 
 
 def _sessions(lists):
@@ -72,11 +118,9 @@ def test_matches_per_session_reference(setup, batch_size, mode):
     config, params, lists = setup
     cutoffs = (1, 2, 5, 10)
     got = evaluation.evaluate(params, config, _sessions(lists), cutoffs=cutoffs, mode=mode,
-                              batch_size=batch_size, chunk_steps=4)
-    want, n = reference_metrics(params, lists, cutoffs, mode)
-    assert got["n_eval_events"] == n == sum(max(len(s) - 1, 0) for s in lists)
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-6), key
+                              batch_size=batch_size, chunk_steps=4, item_coverage=True)
+    assert got["n_eval_events"] == sum(max(len(s) - 1, 0) for s in lists)
+    assert_matches_reference(got, params, lists, cutoffs, mode)
 
 
 def test_tie_rules_and_cutoff_boundary():
@@ -136,15 +180,51 @@ def test_recall_counts_rank_equal_to_cutoff():
     assert result["recall@2"] == 0.0
 
 
+@pytest.mark.parametrize("item_block", [1, 3, 5, 8, 37])
+@pytest.mark.parametrize("k", [1, 5, 37])
+def test_top_lists_match_numpy_with_ties(item_block, k):
+    """Each lane's top-k list (of item coverage): numpy's order, equal scores in item order, also across
+    the K-th place and across blocks (merged as they go, the last block overlapping the one before)."""
+    rng = np.random.default_rng(3)
+    n, h, lanes = 37, 4, 7
+    # Small integers: every score is exact, whatever the product's order of summation, and ties are frequent.
+    tables = {"Wy": rng.integers(-2, 3, size=(n, h)).astype(np.float32),
+              "By": rng.integers(-1, 2, size=n).astype(np.float32)}
+    output = rng.integers(-2, 3, size=(lanes, h)).astype(np.float32)
+    targets = rng.integers(0, n, size=lanes).astype(np.int32)
+    ranks, top = jax.jit(evaluation._ranks_by_blocks, static_argnums=(3, 4, 5, 6))(
+        output, targets, tables, "median", item_block, True, k)
+    scores = output.astype(np.float64) @ tables["Wy"].T.astype(np.float64) + tables["By"]
+    np.testing.assert_array_equal(np.asarray(top), [top_items(row, k) for row in scores])
+    t = scores[np.arange(lanes), targets][:, None]
+    np.testing.assert_array_equal(ranks, (scores > t).sum(1) + 0.5 * ((scores == t).sum(1) - 1) + 1)
+
+
+@pytest.mark.parametrize("item_block", [1, 2, 4, 6])
+def test_coverage_of_exact_ties_and_of_cutoffs_beyond_the_catalogue(item_block):
+    """Tied items across the K-th place count once per list (the lower index), in one product and in
+    blocks; K beyond the catalogue covers all of it. NDCG@K as numpy computes it."""
+    config = model.ModelConfig(n_items=6, layers=(2,))
+    params = model.init_params(jax.random.PRNGKey(0), config)
+    params["tables"]["Wy"] = params["tables"]["Wy"] * 0  # every score is its item's bias, exactly
+    bias = np.asarray([1.0, 3.0, 2.0, 3.0, 3.0, 2.0], np.float32)
+    params["tables"]["By"] = jax.numpy.asarray(bias)
+    cutoffs = (1, 2, 4, 5, 9)
+    got = evaluation.evaluate(params, config, _sessions([[0, 1, 2]]), cutoffs=cutoffs, mode="standard",
+                              item_block=item_block, item_coverage=True)
+    ranks = np.asarray([np.sum(bias > bias[t]) + 1 for t in (1, 2)], np.float64)
+    for k in cutoffs:
+        assert got[f"coverage@{k}"] == len(top_items(bias, k)) / 6, k
+        assert got[f"ndcg@{k}"] == pytest.approx(np.mean(np.where(ranks <= k, 1 / np.log2(ranks + 1), 0)), abs=1e-7)
+    assert got["coverage@9"] == 1.0
+
+
 def test_state_is_reset_between_sessions(setup):
-    """The same session evaluated after another one scores as if it were alone."""
+    """A session evaluated after another one in the same lane scores as if it were alone."""
     config, params, _ = setup
-    alone = evaluation.evaluate(params, config, _sessions([[1, 2, 3, 4]]), batch_size=1)
-    after = evaluation.evaluate(params, config, _sessions([[5, 6, 7], [1, 2, 3, 4]]), batch_size=1)
-    first = evaluation.evaluate(params, config, _sessions([[5, 6, 7]]), batch_size=1)
-    for key in ("recall@5", "mrr@20"):
-        combined = (alone[key] * 3 + first[key] * 2) / 5
-        assert after[key] == pytest.approx(combined, abs=1e-6)
+    lists = [[5, 6, 7], [1, 2, 3, 4]]
+    after = evaluation.evaluate(params, config, _sessions(lists), cutoffs=(1, 5, 20), batch_size=1)
+    assert_matches_reference(after, params, lists, (1, 5, 20), "conservative")
 
 
 def test_bad_arguments():
@@ -167,17 +247,14 @@ def test_chunking_does_not_change_results(setup, chunk_steps, platform, monkeypa
     also with the accelerators' settings (reduction counts, a loop unrolled over 4 steps)."""
     monkeypatch.setattr(evaluation.sharding_lib, "platform", lambda mesh: platform)
     config, params, lists = setup
-    want, n = reference_metrics(params, lists, (1, 5, 20), "median")
     got = evaluation.evaluate(params, config, _sessions(lists), cutoffs=(1, 5, 20), mode="median",
                               batch_size=3, chunk_steps=chunk_steps)
-    assert got["n_eval_events"] == n
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert_matches_reference(got, params, lists, (1, 5, 20), "median")
 
 
 def test_default_item_block_is_one_product_within_the_score_budget(setup, monkeypatch):
     """item_block=None: the whole catalogue in one product while a step's scores fit
-    ONE_PRODUCT_SCORE_BYTES, the platform's blocks (two passes) beyond; the same metrics."""
+    ONE_PRODUCT_SCORE_BYTES, the platform's blocks beyond; both the reference's metrics."""
     config, params, lists = setup
     blocks = []
     original = evaluation._ranks_by_blocks
@@ -192,26 +269,43 @@ def test_default_item_block_is_one_product_within_the_score_budget(setup, monkey
     monkeypatch.setattr(evaluation, "ONE_PRODUCT_SCORE_BYTES", 4 * 40 * 4 - 1)
     blocked = evaluation.evaluate(params, config, _sessions(lists), **kwargs)
     assert set(blocks) == {7}
-    assert one == pytest.approx(blocked, abs=1e-9)
+    for got in (one, blocked):
+        assert_matches_reference(got, params, lists, kwargs["cutoffs"], "median")
 
 
-@pytest.mark.parametrize("item_block", [1, 7, 40, 41, 100000])
-def test_item_blocks_do_not_change_results(setup, item_block):
-    """Scoring the catalogue in blocks (with a partial last block) gives the same metrics."""
+@pytest.mark.parametrize("item_block", [1, 7, 39, 40, 41, 100000])
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_item_blocks_do_not_change_results(setup, item_block, batch_size):
+    """Scoring the catalogue in blocks (the last one overlapping the one before) gives the reference's metrics."""
     config, params, lists = setup
-    whole = evaluation.evaluate(params, config, _sessions(lists), mode="median", item_block=100000)
-    blocked = evaluation.evaluate(params, config, _sessions(lists), mode="median", item_block=item_block)
-    assert blocked == pytest.approx(whole, abs=1e-9)
+    cutoffs = (1, 5, 20)
+    blocked = evaluation.evaluate(params, config, _sessions(lists), cutoffs=cutoffs, mode="median",
+                                  batch_size=batch_size, item_block=item_block, item_coverage=True)
+    assert_matches_reference(blocked, params, lists, cutoffs, "median")
 
 
-@pytest.mark.parametrize("item_block", [4, 16384])
+@pytest.mark.parametrize("item_block", [7, 100000])
+def test_ranks_compare_scores_of_one_product_only(setup, rounding_differs_per_product, item_block):
+    """Every comparison takes both scores from one product: a target compared with another product's
+    rounding of its own score (the former evaluator's two passes over the blocks) changes its rank."""
+    config, params, lists = setup
+    cutoffs = (1, 5, 20)
+    for mode in evaluation.EVAL_MODES:
+        got = evaluation.evaluate(params, config, _sessions(lists), cutoffs=cutoffs, mode=mode, batch_size=4,
+                                  item_block=item_block, item_coverage=True)
+        assert_matches_reference(got, params, lists, cutoffs, mode)
+    assert len(rounding_differs_per_product) >= 3  # one for each mode at least: each rounded another way
+
+
+@pytest.mark.parametrize("item_block", [1, 2, 4, 16384])
 def test_exact_ties_follow_the_tie_rules(item_block):
     """Items with identical output rows tie exactly with the target in every mode."""
     config = model.ModelConfig(n_items=6, layers=(3,))
     params = model.init_params(jax.random.PRNGKey(1), config)
     wy = np.asarray(params["tables"]["Wy"]).copy()
-    wy[4] = wy[3]
-    wy[5] = wy[3]  # items 3, 4, 5 always score the same
+    # Items 3, 4, 5 score exactly the same in any product: their one nonzero weight is a power of two
+    # (an exact multiple of the output) and the other terms add exact zeros, in whatever order.
+    wy[3:] = [0.0, 0.5, 0.0]
     params["tables"]["Wy"] = jax.numpy.asarray(wy)
     sessions = _sessions([[0, 4]])
     results = {m: evaluation.evaluate(params, config, sessions, cutoffs=(6,), mode=m, item_block=item_block)
@@ -254,6 +348,7 @@ def test_evaluation_folds_small_catalogues_without_changing_metrics(setup, embed
                                embedding_dim=6 if embedding == "separate" else 0)
     params = model.init_params(jax.random.PRNGKey(5), config)
     params["tables"]["Wy"] = params["tables"]["Wy"] * 5
+    params["tables"]["By"] = jax.numpy.asarray(np.random.default_rng(1).normal(size=40), jax.numpy.float32)
     folds = []
     original = evaluation.fold_input_product
     monkeypatch.setattr(evaluation, "fold_input_product", lambda p, c: folds.append(c) or original(p, c))
@@ -264,4 +359,72 @@ def test_evaluation_folds_small_catalogues_without_changing_metrics(setup, embed
     assert len(folds) == 1  # 39-item blocks
     evaluation.evaluate(params, config, _sessions([[1, 2, 3], [4, 5]]), batch_size=2, **kwargs)
     assert len(folds) == 1  # 2 lanes x 2 steps: 4 input rows for 40 items
-    assert folded == pytest.approx(blocked, abs=1e-9)
+    for got in (folded, blocked):
+        assert_matches_reference(got, params, lists, kwargs["cutoffs"], "median")
+
+
+def _population(config, seeds):
+    """Members of one shape with other weights (output weights scaled, random biases: few near-ties)."""
+    members = []
+    for seed in seeds:
+        params = model.init_params(jax.random.PRNGKey(seed), config)
+        params["tables"]["Wy"] = params["tables"]["Wy"] * 5
+        params["tables"]["By"] = jax.numpy.asarray(np.random.default_rng(seed).normal(size=config.n_items),
+                                                   jax.numpy.float32)
+        members.append(params)
+    return members, jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *members)
+
+
+@pytest.mark.parametrize("item_block", [None, 7])
+@pytest.mark.parametrize("embedding", ["shared", "separate"])
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_population_matches_each_member(setup, item_block, embedding, platform, monkeypatch):
+    """All members in one compiled program (side by side with the accelerators' settings, one after
+    another on CPU): each member's evaluate() metrics (and the reference's), in one product and in
+    blocks, with the folded input product (the default here) of any embedding."""
+    monkeypatch.setattr(evaluation.sharding_lib, "platform", lambda mesh: platform)
+    _, _, lists = setup
+    config = model.ModelConfig(n_items=40, layers=(8,), embedding=embedding,
+                               embedding_dim=5 if embedding == "separate" else 0)
+    members, stacked = _population(config, (1, 2, 3))
+    kwargs = dict(cutoffs=(1, 5, 20), mode="median", batch_size=4, item_block=item_block, item_coverage=True)
+    got = evaluation.evaluate_population(stacked, config, _sessions(lists), **kwargs)
+    assert len(got) == len(members)
+    for result, params in zip(got, members):
+        alone = evaluation.evaluate(params, config, _sessions(lists), **kwargs)
+        assert result["n_eval_events"] == alone["n_eval_events"]
+        assert result == pytest.approx(alone, abs=1e-6)
+        assert_matches_reference(result, params, lists, kwargs["cutoffs"], "median")
+    assert got[0]["mrr@20"] != got[1]["mrr@20"]  # the members differ
+
+
+@pytest.mark.parametrize("platform, at_once", [("gpu", 3), ("cpu", 1), ("cpu", 2)])
+def test_population_item_block_counts_the_members_side_by_side(setup, monkeypatch, platform, at_once):
+    """(members side by side) x lanes x items scores against ONE_PRODUCT_SCORE_BYTES: one product while
+    they fit, else blocks whose scores fit. Accelerators run all members side by side."""
+    monkeypatch.setattr(evaluation.sharding_lib, "platform", lambda mesh: platform)
+    monkeypatch.setattr(evaluation, "POPULATION_MEMBERS_AT_ONCE", 2 if at_once == 2 else 1)
+    _, _, lists = setup
+    config = model.ModelConfig(n_items=40, layers=(8,))
+    _, stacked = _population(config, (1, 2, 3))
+    blocks = []
+    original = evaluation._ranks_by_blocks
+    monkeypatch.setattr(evaluation, "_ranks_by_blocks", lambda *a: blocks.append(a[4]) or original(*a))
+    fits = at_once * 4 * 40 * 4  # members x 4 lanes x 40 items of float32
+    for budget, block in ((fits, 40), (fits - 1, 39), (at_once * 4 * 10 * 4, 10)):
+        monkeypatch.setattr(evaluation, "ONE_PRODUCT_SCORE_BYTES", budget)
+        jax.clear_caches()  # traced anew (a member's chunk may have been traced for another grouping)
+        evaluation.evaluate_population(stacked, config, _sessions(lists), cutoffs=(5,), batch_size=4)
+        assert blocks.pop() == block and not blocks
+
+
+def test_population_bad_arguments():
+    config = model.ModelConfig(n_items=5, layers=(2,))
+    _, stacked = _population(config, (1, 2))
+    sessions = _sessions([[0, 1]])
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("items",))
+    with pytest.raises(ValueError, match="^evaluate_population runs on one device"):
+        evaluation.evaluate_population(stacked, config, sessions, mesh=mesh)
+    stacked["tables"]["By"] = stacked["tables"]["By"][:1]
+    with pytest.raises(ValueError, match=r"^every leaf of stacked_params needs a leading member axis of one size"):
+        evaluation.evaluate_population(stacked, config, sessions)

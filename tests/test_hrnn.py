@@ -1,5 +1,7 @@
-"""HRNN: the one-step flags, zero state for a user's first session, replay, no leaks, checkpoints."""
+"""HRNN: the one-step flags, zero state for a user's first session, the all mode's user input, replay,
+no leaks, checkpoints (old ones included)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gru4rec_jax import data, evaluation, experiment, hrnn, model, sampling, training, user_data
+from gru4rec_jax import checkpoint, data, evaluation, experiment, hrnn, model, sampling, training, user_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,17 +53,59 @@ def test_flags_zero_update_and_initialise():
     np.testing.assert_array_equal(np.asarray(out["user"][0][2]), carry["user"][0][2])
 
 
-def test_all_mode_feeds_the_user_state():
-    config = hrnn.HRNNConfig(session=model.ModelConfig(n_items=7, layers=(5,)), user_layers=(4,), mode="all")
-    params = hrnn.init_params(jax.random.PRNGKey(1), config)
-    rows = model.embed_inputs(params["tables"], jnp.array([1, 2]), config.session)
-    zero = hrnn.zero_carry(config, 2)
-    other = {"session": zero["session"], "user": [jnp.ones((2, 4))]}
-    out_zero, _ = hrnn.forward(params["layers"], rows, zero, config)
-    out_user, _ = hrnn.forward(params["layers"], rows, other, config)
-    assert not np.allclose(np.asarray(out_zero), np.asarray(out_user))
-    init_config = hrnn.HRNNConfig(session=config.session, user_layers=(4,), mode="init")
+def _np_session_step(layer, x_proj, h, user, wc_candidate, wc_reset, wc_update):
+    """The GRU4Rec cell with the user state added to the pre-activations of the blocks given a matrix."""
+    size = h.shape[1]
+
+    def term(wc):
+        return 0.0 if wc is None else user @ wc
+
+    r = _sig(x_proj[:, size:2 * size] + term(wc_reset) + h @ layer["Wrz"][:, :size])
+    z = _sig(x_proj[:, 2 * size:] + term(wc_update) + h @ layer["Wrz"][:, size:])
+    c = np.tanh((r * h) @ layer["Wh"] + x_proj[:, :size] + term(wc_candidate))
+    return (1 - z) * h + z * c
+
+
+@pytest.mark.parametrize("embedding", ["onehot", "shared"])
+def test_all_mode_user_input_gates_or_all_blocks(embedding):
+    """HRNN-all: by default (the authors' code) the user state enters the reset and update gates
+    only, through a (u, 2h) Wc; with user_input=all_blocks (the paper) also the candidate, (u, 3h)."""
+    session = model.ModelConfig(n_items=7, layers=(5,), embedding=embedding)
+    gates = hrnn.HRNNConfig(session=session, user_layers=(4,), mode="all")
+    blocks = hrnn.HRNNConfig(session=session, user_layers=(4,), mode="all", user_input="all_blocks")
+    assert gates.user_input == "gates"
+    assert hrnn.init_params(jax.random.PRNGKey(1), gates)["layers"]["session"][0]["Wc"].shape == (4, 10)
+    params = jax.tree.map(np.asarray, hrnn.init_params(jax.random.PRNGKey(1), blocks))
+    layer, wc = params["layers"]["session"][0], params["layers"]["session"][0]["Wc"]
+    assert wc.shape == (4, 15)
+    gate_params = jax.tree.map(lambda x: x, params)
+    gate_params["layers"]["session"][0] = {**layer, "Wc": wc[:, 5:]}  # the same gate blocks, no candidate block
+
+    rng = np.random.default_rng(2)
+    items = np.array([1, 2, 6])
+    carry = {"session": [rng.normal(size=(3, 5)).astype(np.float32)],
+             "user": [rng.normal(size=(3, 4)).astype(np.float32)]}
+    rows = np.asarray(model.embed_inputs(params["tables"], jnp.asarray(items), session))
+    x_proj = (rows if embedding == "onehot" else rows @ layer["Wx"]) + layer["b"]
+    h, user = carry["session"][0], carry["user"][0]
+    want_gates = _np_session_step(layer, x_proj, h, user, None, wc[:, 5:10], wc[:, 10:])
+    want_blocks = _np_session_step(layer, x_proj, h, user, wc[:, :5], wc[:, 5:10], wc[:, 10:])
+    want_none = _np_session_step(layer, x_proj, h, user, None, None, None)
+    # Preconditions: each block's user term moves the output well beyond the tolerance.
+    assert np.abs(want_gates - want_blocks).max() > 1e-2 and np.abs(want_gates - want_none).max() > 1e-2
+
+    def run(p, config):
+        out, new = hrnn.forward(jax.tree.map(jnp.asarray, p["layers"]), jnp.asarray(rows),
+                                jax.tree.map(jnp.asarray, carry), config)
+        np.testing.assert_array_equal(np.asarray(new["user"][0]), user)  # the user state only changes at starts
+        return np.asarray(out)
+
+    np.testing.assert_allclose(run(gate_params, gates), want_gates, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(params, blocks), want_blocks, rtol=1e-5, atol=1e-5)
+    init_config = hrnn.HRNNConfig(session=session, user_layers=(4,), mode="init")
     assert "Wc" not in hrnn.init_params(jax.random.PRNGKey(1), init_config)["layers"]["session"][0]
+    with pytest.raises(ValueError, match="hrnn_user_input"):
+        hrnn.HRNNConfig(session=session, mode="all", user_input="candidate")
 
 
 def _user_tables(seed=0, n_users=40):
@@ -98,7 +142,7 @@ def test_replay_with_a_zero_initialisation_equals_session_only_evaluation(traine
     got = evaluation.evaluate(params, config, replay, cutoffs=(1, 5))
     session_only = evaluation.evaluate({"tables": params["tables"], "layers": params["layers"]["session"]},
                                        config.session, data.build_sessions(test, item_map), cutoffs=(1, 5))
-    assert got == pytest.approx(session_only, abs=1e-9)
+    assert got == pytest.approx(session_only, abs=1e-6)  # float32 sums of 1 / log2(rank + 1) in other chunks
 
 
 def test_users_do_not_leak_into_each_other(trained):
@@ -116,12 +160,13 @@ def _write(path, table):
     return str(path)
 
 
-def test_cli_trains_saves_and_restores_hrnn(tmp_path):
+@pytest.mark.parametrize("user_input", ["gates", "all_blocks"])
+def test_cli_trains_saves_and_restores_hrnn(tmp_path, user_input):
     train, test = _user_tables(seed=1)
     train_path, test_path = _write(tmp_path / "train.tsv", train), _write(tmp_path / "test.tsv", test)
     common = [sys.executable, "-m", "experiments.train", f"--train_path={train_path}", f"--test_path={test_path}",
-              "--model=hrnn", "--hrnn_mode=all", "--layers=8", "--user_layers=6", "--batch_size=4",
-              "--n_sample=5", "--cutoffs=5"]
+              "--model=hrnn", "--hrnn_mode=all", f"--hrnn_user_input={user_input}", "--layers=8", "--user_layers=6",
+              "--batch_size=4", "--n_sample=5", "--cutoffs=5"]
     first = subprocess.run(common + ["--n_epochs=2", f"--save_path={tmp_path / 'ck'}",
                                      f"--metrics_out={tmp_path / 'a.json'}"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -130,10 +175,44 @@ def test_cli_trains_saves_and_restores_hrnn(tmp_path):
                             f"--test_path={test_path}", "--cutoffs=5", f"--metrics_out={tmp_path / 'b.json'}"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    import json
-
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert a["recall@5"] == b["recall@5"] and a["mrr@5"] == b["mrr@5"]
+    assert checkpoint.load(str(tmp_path / "ck")).model_config.user_input == user_input
+
+
+def test_checkpoint_from_before_user_input_restores_as_all_blocks(tmp_path):
+    """A checkpoint written before ``user_input`` existed (its HRNN config has no such field and its
+    Wc is (u, 3h)) restores as all_blocks and evaluates exactly as the state it was saved from."""
+    train, test = _user_tables(seed=2)
+    item_map = data.ItemMap.from_training(train.item_ids)
+    config = hrnn.HRNNConfig(session=model.ModelConfig(n_items=len(item_map), layers=(8,)), user_layers=(6,),
+                             mode="all", user_input="all_blocks")
+    train_config = training.TrainConfig(batch_size=4, n_sample=5, n_epochs=1)
+    state, history = training.fit(user_data.build_user_sessions(train, item_map), config, train_config,
+                                  log=lambda m: None)
+    writer = checkpoint.CheckpointWriter(str(tmp_path / "ck"))
+    writer.save(state, model_config=config, train_config=train_config, item_map=item_map, epoch=1,
+                epoch_losses=[history[0].loss])
+    writer.close()
+    # Rewrite the saved meta to what the earlier code wrote: the HRNN config without user_input.
+    metas = []
+    for path in (tmp_path / "ck").rglob("*"):
+        try:
+            meta = json.loads(path.read_text())
+        except (UnicodeDecodeError, ValueError, IsADirectoryError):
+            continue
+        if isinstance(meta, dict) and "model_config" in meta:
+            metas.append((path, meta))
+    assert len(metas) == 1 and metas[0][1]["model_config"].pop("user_input") == "all_blocks"
+    assert set(metas[0][1]["model_config"]) == {"session", "user_layers", "mode"}
+    metas[0][0].write_text(json.dumps(metas[0][1]))
+
+    restored = checkpoint.load(str(tmp_path / "ck"))
+    assert restored.model_config == config
+    jax.tree.map(np.testing.assert_array_equal, restored.state.params, state.params)
+    replay = experiment._replay_data(train, test, item_map, "test")
+    got = evaluation.evaluate(restored.state.params, restored.model_config, replay, cutoffs=(1, 5))
+    assert got == evaluation.evaluate(state.params, config, replay, cutoffs=(1, 5))
 
 
 def test_missing_user_column_is_a_one_line_error(tmp_path):

@@ -585,3 +585,84 @@ def test_cli_errors_are_one_line(tmp_path, case, expected):
     else:
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
     assert sorted(os.listdir(out)) == ["test.tsv"] and (out / "test.tsv").read_text() == "old\n"
+
+
+# ---------------------------------------------------------------------------
+# The fast (pyarrow) readers against the row-by-row ones they fall back to.
+
+
+def _same_table(a, b):
+    return (a.session_ids.tolist() == b.session_ids.tolist() and a.item_ids.tolist() == b.item_ids.tolist()
+            and a.times.tolist() == b.times.tolist())
+
+
+def _no_row_by_row(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast reader handed a clean file to the row-by-row reader")
+
+    for name in ("_read_rsc15_by_rows", "_read_diginetica_by_rows", "_read_otto_by_rows", "_read_user_csv_by_rows"):
+        monkeypatch.setattr(preprocess, name, refuse)
+
+
+def test_fast_readers_read_the_raw_heads_as_the_row_by_row_readers(shared_data, monkeypatch):
+    """Same tables, and the fast path alone reads these clean files (also in blocks of a few hundred bytes)."""
+    BLOCK_SIZE = preprocess.BLOCK_SIZE
+    heads = os.path.join(shared_data, "raw_heads")
+    cases = [
+        (preprocess.read_rsc15, preprocess._read_rsc15_by_rows, RSC15_HEAD, {}),
+        (preprocess.read_diginetica, preprocess._read_diginetica_by_rows, DIGINETICA_HEAD, {}),
+        (preprocess.read_otto, preprocess._read_otto_by_rows, OTTO_HEAD, {"event_types": ("clicks",), "session_gap": 0.0}),
+        (preprocess.read_otto, preprocess._read_otto_by_rows, OTTO_HEAD, {"event_types": ("clicks",), "session_gap": 3600.0}),
+    ]
+    expected = [by_rows(os.path.join(heads, name), **options) for _, by_rows, name, options in cases]
+    _no_row_by_row(monkeypatch)
+    for small in (False, True):
+        for (fast, _, name, options), want in zip(cases, expected):
+            # Small blocks: several per file; a JSON block must hold a whole line (up to 14 kB here).
+            block_size = (14_000 if name == OTTO_HEAD else 300) if small else BLOCK_SIZE
+            monkeypatch.setattr(preprocess, "BLOCK_SIZE", block_size)
+            got = fast(os.path.join(heads, name), **{k: v for k, v in options.items() if k != "event_types"})
+            assert _same_table(got, want), (name, block_size)
+
+
+def test_retailrocket_fast_reader_in_blocks(tmp_path, monkeypatch):
+    path = _retailrocket_file(tmp_path)
+    want = preprocess.read_retailrocket(path)
+    _no_row_by_row(monkeypatch)
+    monkeypatch.setattr(preprocess, "BLOCK_SIZE", 64)
+    assert _same_table(preprocess.read_retailrocket(path), want)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1, 2014-04-07T10:51:09.277Z,5,0\n1,2014-04-07T10:52:09.277Z, 6 ,0\n",  # white space around fields
+        "1,2014-04-07T10:51:09.277Z,5,0\n,,,\n  \n1,2014-04-07T10:52:09.277Z,6,0\n",  # rows of blank fields
+        '"1","2014-04-07T10:51:09.277Z","5","0"\n1,2014-04-07T10:52:09.277Z,6,0\n',  # quoted fields
+        "\ufeff1,2014-04-07T10:51:09.277Z,5,0\r\n1,2014-04-07T10:52:09Z,+6,0\r\n",  # BOM, CRLF, '+6'
+        "1,2014-04-07T10:51:09.277,5,0\n1,2014-04-07 10:52:09,6,0\n",  # no zone (UTC)
+        "1,2014-04-07T10:51:09.277+02:00,5,0\n1,2014-04-07T10:52:09Z,6,0\n",  # zones
+    ],
+)
+def test_unusual_but_valid_rsc15_lines_read_as_row_by_row(tmp_path, text):
+    path = _write(tmp_path / "clicks.dat", text)
+    assert _same_table(preprocess.read_rsc15(path), preprocess._read_rsc15_by_rows(path))
+
+
+def test_unusual_but_valid_user_csv_rows_read_as_row_by_row(tmp_path):
+    text = ("who;what;when;kind\n"
+            "u; a ;1970-01-01T00:00:00;view\n"
+            "u;a;1970-01-01T00:01:40; view\n"
+            ";;;\n"
+            "v;b;1970-01-01T00:00:50+00:00;buy\n")
+    path = _write(tmp_path / "e.csv", text)
+    options = dict(names={"group": "who", "item": "what", "time": "when", "kind": "kind"}, keep_events=["view"],
+                   delimiter=";", time_format="iso", time_unit=1.0, session_gap=3600.0, integer_ids=False)
+    got = preprocess.read_user_csv(path, user_col="who", item_col="what", time_col="when", event_col="kind",
+                                   keep_events=["view"], delimiter=";", time_format="iso")
+    assert _same_table(got, preprocess._read_user_csv_by_rows(path, **options))
+    assert got.item_ids.tolist() == ["a", "a"]
+    fmt = "%d/%m/%Y %H:%M"
+    path = _write(tmp_path / "f.csv", "s,i,t\n1,x,07/04/2014 10:51\n1,y,07/04/2014 11:02\n")
+    got = preprocess.read_user_csv(path, session_col="s", item_col="i", time_col="t", time_format=fmt)
+    assert got.times.tolist() == [calendar.timegm((2014, 4, 7, 10, 51, 0)), calendar.timegm((2014, 4, 7, 11, 2, 0))]

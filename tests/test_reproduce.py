@@ -1,15 +1,17 @@
 """The table runner: orderings against hand-made numbers, outputs, reuse, failures and the CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import optuna
 import pytest
 
 from experiments import table_runner
 from experiments.paper_tables import TABLES, Row, Table
-from gru4rec_jax import baselines, data, synthetic
+from gru4rec_jax import baselines, data, synthetic, tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,11 +132,59 @@ def test_every_row_has_its_flag_file_and_every_ordering_names_rows():
         for row in table.rows:
             if row.flagfile:
                 assert os.path.isfile(os.path.join(ROOT, row.flagfile)), row.flagfile
+                assert tuning.load_space(os.path.join(ROOT, row.space)), row.space
+
+
+def test_reproduce_tunes_rows_on_the_validation_split_first(tmp_path, tsv_paths):
+    table = _table(tmp_path)
+    table = dataclasses.replace(table, rows=table.rows[:1] + (
+        dataclasses.replace(table.rows[2], space=_space(tmp_path)),))
+    valid_train, valid_test = synthetic.generate_train_test(240, 60, seed=4)
+    valid = str(tmp_path / "valid_train.tsv"), str(tmp_path / "valid_test.tsv")
+    data.write_events(valid[0], valid_train)
+    data.write_events(valid[1], valid_test)
+    tune = table_runner.TuneSettings(trials=2, train_path=valid[0], test_path=valid[1], population=2)
+    out, lines = tmp_path / "out", []
+    report = table_runner.reproduce(table, *tsv_paths, out_dir=str(out), tune=tune, log=lines.append)
+
+    tuned = report["rows"][1]["tuned"]
+    assert tuned["trials"] == 2 and tuned["metric"] == "mrr@20" and tuned["valid"] == list(valid)
+    assert set(tuned["params"]) == {"learning_rate", "momentum"}  # the row's shapes stay its flag file's
+    flagfile = tuned["flagfile"]
+    assert flagfile == str(out / "tune" / "tiny_gru.cfg")
+    flags = dict(line[2:].split("=", 1) for line in open(flagfile).read().splitlines() if line.startswith("--"))
+    assert flags["layers"] == "8" and flags["batch_size"] == "16" and flags["loss"] == "top1"
+    assert float(flags["learning_rate"]) == tuned["params"]["learning_rate"]
+    # The test run trains on the training file with the tuned flag file, on the test file.
+    run = report["rows"][1]["runs"][0]
+    assert f"--flagfile={flagfile}" in run["command"] and f"--test_path={tsv_paths[1]}" in run["command"]
+    assert run["metrics"]["recall@20"] > 0
+    markdown = (out / "tiny.md").read_text()
+    assert "| GRU4Rec (*tuned*, 2 trials) |" in markdown and "Rows marked *tuned* were tuned first" in markdown
+    assert f"validate `{valid[1]}`" in markdown and "experiments.tune" in markdown
+
+    # Again: the study is complete (no new trial) and the test run is reused.
+    lines.clear()
+    again = table_runner.reproduce(table, *tsv_paths, out_dir=str(out), tune=tune, log=lines.append)
+    assert sum("reused" in line for line in lines) == 2 and again["rows"][1]["tuned"] == tuned
+    studies = optuna.get_all_study_summaries(f"sqlite:///{out}/tune/tiny.db")
+    assert [s.n_trials for s in studies] == [2]
+
+
+def _space(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"layers": {"type": "int", "low": 8, "high": 16, "step": 8},
+                                "learning_rate": {"type": "float", "low": 0.01, "high": 0.1},
+                                "momentum": {"type": "float", "low": 0.0, "high": 0.5}}))
+    return str(path)
 
 
 @pytest.mark.parametrize("args, expected", [
     (["--table=iclr2016", "--rows=nope"], "error: unknown row(s) nope for table iclr2016"),
     (["--table=iclr2016", "--seeds=a"], "error: --seeds must be a comma-separated list of integers"),
+    (["--table=iclr2016", "--tune_trials=2"], "error: --tune_trials needs --valid_train_path and --valid_test_path"),
+    (["--table=iclr2016", "--tune_trials=2", "--valid_train_path=a", "--valid_test_path=b", "--tune_metric=hit@5"],
+     "error: --tune_metric must be one of recall@K"),
 ])
 def test_cli_errors_are_one_line(tmp_path, tsv_paths, args, expected):
     done = subprocess.run(

@@ -116,9 +116,31 @@ def _numpy_ranks(output, targets, wy, by, mode):
             "median": greater + 0.5 * (equal - 1) + 1.0}[mode]
 
 
+def _reference():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import test_evaluation
+
+    return test_evaluation
+
+
+def _assert_no_near_ties(params, sessions, cutoffs=()):
+    """The precondition of comparing evaluations compiled for other meshes: no rank (nor top-K list)
+    that float32 rounding could decide (tests/test_evaluation.py's numpy reference; ``params`` unpadded)."""
+    reference = _reference()
+    lists = [sessions.items[a:b] for a, b in zip(sessions.offsets[:-1], sessions.offsets[1:])]
+    for scores, target in reference.reference_events(params, lists):
+        reference.assert_no_near_ties(scores, target, cutoffs)
+
+
 @pytest.mark.multidevice
 @pytest.mark.parametrize("item_block", [65536, 3])
-def test_sharded_rank_counts_match_numpy(item_block):
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_sharded_rank_counts_match_numpy(item_block, perturbed, request):
+    """Exact ranks with frequent exact ties, also where every product rounds another way
+    (each comparison takes both of its scores from one product); the top-k lists of item coverage,
+    equal scores in item order, padding rows (scoring 0, as real items may) never in them."""
+    if perturbed:
+        assert request.getfixturevalue("rounding_differs_per_product") == []
     rng = np.random.default_rng(2)
     n, h, lanes = 37, 4, 8
     # Small integers: every score is exact in float32 and float64, and ties are frequent.
@@ -136,6 +158,11 @@ def test_sharded_rank_counts_match_numpy(item_block):
                 output, targets, tables)
             ranks = evaluation._ranks_of_counts(tuple(np.asarray(c, np.float64) for c in counts), mode)
             np.testing.assert_array_equal(ranks, _numpy_ranks(output, targets, wy, by, mode))
+        scores = output.astype(np.float64) @ wy.T.astype(np.float64) + by
+        for k in (5, n):
+            counts, top = jax.jit(lambda o, t, tb: evaluation.target_counts_sharded(
+                o, t, tb, n, item_block, mesh, "median", top_k=k))(output, targets, tables)
+            np.testing.assert_array_equal(np.asarray(top), [_reference().top_items(row, k) for row in scores])
 
 
 def _tiny_run():
@@ -155,8 +182,11 @@ def test_training_and_evaluation_match_single_device():
     quiet = dict(log=lambda m: None)
     state, history = training.fit(sessions, model_config, config, **quiet)
     # The median rank reads both counts (the tie modes against numpy: test_sharded_rank_counts_match_numpy).
-    reference = {mode: evaluation.evaluate(state.params, model_config, test_sessions, mode=mode, batch_size=16)
+    reference = {mode: evaluation.evaluate(state.params, model_config, test_sessions, mode=mode, batch_size=16,
+                                           item_coverage=True)
                  for mode in ("median",)}
+    # So that the ranks and lists do not depend on the compiled program.
+    _assert_no_near_ties(state.params, test_sessions, (1, 5, 10, 20))
     # items:8 trains in test_checkpoint_restores_onto_other_meshes.
     for spec in ("data:2,items:4",):
         mesh = _mesh(spec)
@@ -168,11 +198,11 @@ def test_training_and_evaluation_match_single_device():
         unpadded = sharding.unpad_tables(sharded, n)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5),
                      unpadded, state)
-        # The sharded evaluator on the single-device state: the same ranks.
+        # The sharded evaluator on the single-device state: the same ranks and top-K lists.
         placed = sharding.pad_tables(state, n, mesh)
         for mode, expected in reference.items():
             got = evaluation.evaluate(placed.params, model_config, test_sessions, mode=mode, batch_size=16,
-                                      mesh=mesh, item_block=4)
+                                      mesh=mesh, item_block=4, item_coverage=True)
             for key, value in expected.items():
                 assert got[key] == pytest.approx(value, abs=1e-6), (spec, mode, key)
 
@@ -241,6 +271,7 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path):
     metrics = evaluation.evaluate(state.params, model_config, test_sessions, batch_size=16, mesh=mesh)
     n = model_config.n_items
     expected = sharding.unpad_tables(state, n)
+    _assert_no_near_ties(expected.params, test_sessions)
     targets = {"one device": None, "data:2,items:4": _mesh("data:2,items:4"),
                "items:5 (does not)": _mesh("items:5", jax.devices()[:5])}
     for name, target in targets.items():
@@ -337,7 +368,9 @@ def test_two_processes_match_single_device():
     config = training.TrainConfig(batch_size=8, n_sample=7, n_epochs=1, momentum=0.3, dropout_p_hidden=0.2,
                                   chunk_steps=64)
     state, history = training.fit(data.build_sessions(train, item_map), model_config, config, log=lambda m: None)
-    metrics = evaluation.evaluate(state.params, model_config, data.build_sessions(test, item_map), batch_size=16)
+    test_sessions = data.build_sessions(test, item_map)
+    metrics = evaluation.evaluate(state.params, model_config, test_sessions, batch_size=16)
+    _assert_no_near_ties(state.params, test_sessions)
     assert results[0]["loss"] == pytest.approx(history[0].loss, rel=1e-5)
     for key, value in metrics.items():
         assert results[0]["metrics"][key] == pytest.approx(value, abs=1e-6), key
