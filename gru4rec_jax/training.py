@@ -213,8 +213,8 @@ def train_chunk_function(
 
     ``scalars`` maps every name of :data:`STEP_SCALARS` to a Python number (a
     single run: constants in the compiled program, exactly the step as written)
-    or to a traced float32 scalar (a population member's value, under
-    ``jax.vmap``); dropout rates then come as ``model.KeepProbability``, which
+    or to a traced float32 scalar (a population member's value, see
+    :mod:`gru4rec_jax.population`); dropout rates then come as ``model.KeepProbability``, which
     draws a mask even where the member's rate is 0 (all kept). The config
     gives the shapes and kinds (loss, batch size, samples, activation, table
     update); a traced logQ weight or ELU parameter of 0 acts as in a single run
