@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 
 from gru4rec_jax import model as model_lib
-from gru4rec_jax import threefry
 
 __all__ = ["HRNNConfig", "HRNN_MODES", "USER_INPUTS", "init_params", "zero_carry", "dropout_masks", "begin_step", "forward"]
 
@@ -106,13 +105,12 @@ def zero_carry(config: HRNNConfig, batch_size: int) -> dict:
 
 
 def dropout_masks(key, config: HRNNConfig, batch_size: int, p_embed, p_hidden, p_user, p_init) -> dict:
-    """Keep masks of one training step (None where a rate is 0)."""
+    """Keep masks of one training step (None where a rate is 0); rates as in ``model.keep_mask``."""
     key_session, key_user, key_init = jax.random.split(key, 3)
 
     def masks(key, sizes, rate):
         keys = jax.random.split(key, len(sizes))
-        return [threefry.bernoulli(k, 1.0 - rate, (batch_size, h)) if rate > 0 else None
-                for k, h in zip(keys, sizes)]
+        return [model_lib.keep_mask(k, rate, (batch_size, h)) for k, h in zip(keys, sizes)]
 
     return {
         "session": model_lib.dropout_masks(key_session, config.session, batch_size, p_embed, p_hidden),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,9 @@ __all__ = [
     "embed_inputs",
     "forward_step",
     "dropout_masks",
+    "KeepProbability",
+    "keep_probability",
+    "keep_mask",
     "score_all",
     "zero_hidden",
 ]
@@ -232,16 +235,38 @@ def dropout_masks(
     input_shape = (batch_size, 1 if config.embedding == "onehot" else config.input_dim)
     shapes = [input_shape] + [(batch_size, h) for h in config.layers]
     rates = [dropout_p_embed] + [dropout_p_hidden] * len(config.layers)
-    return [
-        threefry.bernoulli(k, 1.0 - rate, shape) if rate > 0 else None
-        for k, shape, rate in zip(keys, shapes, rates)
-    ]
+    return [keep_mask(k, rate, shape) for k, shape, rate in zip(keys, shapes, rates)]
+
+
+class KeepProbability(NamedTuple):
+    """A dropout rate given as its keep probability ``1 - rate``, a float32 value that may be traced.
+
+    A population (:mod:`gru4rec_jax.population`) passes each member's rate so:
+    computed on the host as ``float32(1 - rate)``, it draws and scales exactly
+    as the float ``rate`` does in a single run (``1 - rate`` in float32 would
+    round differently). Unlike the float 0, ``KeepProbability(1.0)`` still
+    draws a mask (all kept), for members without dropout beside ones with it.
+    """
+
+    keep: jax.Array
+
+
+def keep_probability(rate) -> float | jax.Array:
+    """``1 - rate`` of a float rate, or the value of a :class:`KeepProbability`."""
+    return rate.keep if isinstance(rate, KeepProbability) else 1.0 - rate
+
+
+def keep_mask(key: jax.Array, rate, shape: tuple) -> jax.Array | None:
+    """Dropout's keep mask of ``shape`` for a float rate or a :class:`KeepProbability`; None for a rate <= 0."""
+    if not isinstance(rate, KeepProbability) and rate <= 0:
+        return None
+    return threefry.bernoulli(key, keep_probability(rate), shape)
 
 
 def _apply_dropout(x, keep, rate):
     if keep is None:
         return x
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
+    return jnp.where(keep, x / keep_probability(rate), 0.0)
 
 
 def embed_inputs(tables: dict, items: jax.Array, config: ModelConfig) -> jax.Array:

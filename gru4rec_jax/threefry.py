@@ -90,9 +90,9 @@ def _scale(unit, low, high):
     return jnp.maximum(low, jax.lax.optimization_barrier(unit) * (high - low) + low)
 
 
-def bernoulli(key: jax.Array, p: float, shape: tuple) -> jax.Array:
-    """``jax.random.bernoulli(key, p, shape)``: True with probability ``p``."""
-    return uniform(key, shape) < np.float32(p)
+def bernoulli(key: jax.Array, p: float | jax.Array, shape: tuple) -> jax.Array:
+    """``jax.random.bernoulli(key, p, shape)``: True with probability ``p`` (a float32 array may be traced)."""
+    return uniform(key, shape) < (p if isinstance(p, jax.Array) else np.float32(p))
 
 
 def randint(key: jax.Array, shape: tuple, maxval: int) -> jax.Array:

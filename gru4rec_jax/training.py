@@ -129,26 +129,52 @@ def init_train_state(key: jax.Array, model_config: networks.AnyModelConfig) -> T
     )
 
 
-def final_activation(config: TrainConfig) -> Callable[[jax.Array], jax.Array]:
+# The TrainConfig fields that enter the training step as values, not shapes.
+# A single run's compiled chunk holds them as constants; a population
+# (:mod:`gru4rec_jax.population`) passes those that differ between its
+# members as traced per-member values (``train_chunk_function``).
+STEP_SCALARS = (
+    "learning_rate", "momentum", "dropout_p_embed", "dropout_p_hidden", "dropout_p_hidden_usr", "dropout_p_init",
+    "bpreg", "elu_param", "sample_alpha", "logq",
+)
+_DROPOUT_RATES = ("dropout_p_embed", "dropout_p_hidden", "dropout_p_hidden_usr", "dropout_p_init")
+
+
+def _is_constant(value) -> bool:
+    """Whether a step scalar is a Python number (baked in) rather than a traced value."""
+    return isinstance(value, (int, float))
+
+
+def final_activation(config: TrainConfig, elu_param=None) -> Callable[[jax.Array], jax.Array]:
     """The activation applied to training scores before the loss.
 
     ``auto`` picks the reference's choice per loss: linear for cross-entropy
     (the softmax is the loss), ELU(elu_param) for BPR-max and TOP1-max (linear
-    when elu_param is 0), tanh for the 2016 TOP1 and BPR.
+    when elu_param is 0), tanh for the 2016 TOP1 and BPR. ``elu_param`` (the
+    config's by default) may be a traced value, a population member's: 0 still
+    means linear, chosen per member by a select.
     """
     name = config.final_act
+    elu_param = config.elu_param if elu_param is None else elu_param
     if name == "auto":
         name = {"cross-entropy": "linear", "top1": "tanh", "bpr": "tanh"}.get(config.loss, "elu")
-    if name == "elu" and config.elu_param > 0:
-        return functools.partial(jax.nn.elu, alpha=config.elu_param)
+    if name == "elu" and not _is_constant(elu_param):
+        return lambda x: jnp.where(elu_param > 0, jax.nn.elu(x, alpha=elu_param), x)
+    if name == "elu" and elu_param > 0:
+        return functools.partial(jax.nn.elu, alpha=elu_param)
     return {"tanh": jnp.tanh, "relu": jax.nn.relu}.get(name, lambda x: x)
 
 
-def network_of(model_config: networks.AnyModelConfig, config: TrainConfig) -> networks.Network:
-    return networks.network_for(
-        model_config, dropout_p_embed=config.dropout_p_embed, dropout_p_hidden=config.dropout_p_hidden,
-        dropout_p_hidden_usr=config.dropout_p_hidden_usr, dropout_p_init=config.dropout_p_init,
-    )
+def network_of(model_config: networks.AnyModelConfig, config: TrainConfig, scalars: Optional[dict] = None
+               ) -> networks.Network:
+    """The network with the config's dropout rates, or those of ``scalars`` (see ``train_chunk_function``)."""
+    scalars = _constant_scalars(config) if scalars is None else scalars
+    return networks.network_for(model_config, **{name: scalars[name] for name in _DROPOUT_RATES})
+
+
+def _constant_scalars(config: TrainConfig) -> dict:
+    """The step scalars of ``config`` as Python numbers: a single run's constants."""
+    return {name: getattr(config, name) for name in STEP_SCALARS}
 
 
 def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig, mesh: Optional[Mesh] = None):
@@ -165,18 +191,48 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
     and the lanes of ``hidden`` and ``chunk`` over ``data``; the same step
     runs, its row gathers and row updates per shard.
     """
+    train_chunk = train_chunk_function(model_config, config, _constant_scalars(config), mesh)
+    if mesh is None:
+        return jax.jit(train_chunk, donate_argnums=(0, 1))
+    # Outputs keep the inputs' shardings, so one compiled chunk serves every call.
     net = network_of(model_config, config)
+    state_shape = jax.eval_shape(lambda: init_train_state(jax.random.PRNGKey(0), model_config))
+    hidden_shape = jax.eval_shape(lambda: net.zero_carry(config.batch_size))
+    out_shardings = (
+        sharding_lib.state_shardings(state_shape, mesh),
+        jax.tree.map(lambda x: sharding_lib.lane_sharding(mesh, x.ndim, 0), hidden_shape),
+        sharding_lib.replicated(mesh),
+    )
+    return jax.jit(train_chunk, donate_argnums=(0, 1), out_shardings=out_shardings)
+
+
+def train_chunk_function(
+    model_config: networks.AnyModelConfig, config: TrainConfig, scalars: dict, mesh: Optional[Mesh] = None
+):
+    """The unjitted ``train_chunk`` of :func:`make_train_chunk`, its step scalars taken from ``scalars``.
+
+    ``scalars`` maps every name of :data:`STEP_SCALARS` to a Python number (a
+    single run: constants in the compiled program, exactly the step as written)
+    or to a traced float32 scalar (a population member's value, see
+    :mod:`gru4rec_jax.population`); dropout rates then come as ``model.KeepProbability``, which
+    draws a mask even where the member's rate is 0 (all kept). The config
+    gives the shapes and kinds (loss, batch size, samples, activation, table
+    update); a traced logQ weight or ELU parameter of 0 acts as in a single run
+    (nothing subtracted; linear).
+    """
+    net = network_of(model_config, config, scalars)
+    learning_rate, momentum = scalars["learning_rate"], scalars["momentum"]
     B, S = config.batch_size, config.n_sample
     # Lane j's positive is candidate j: losses that can take it as an index
     # do (less work than one-hot labels, the same values).
     integer_labels = config.loss in _INTEGER_LABEL_LOSSES
     loss_fn = _INTEGER_LABEL_LOSSES[config.loss] if integer_labels else losses_lib.LOSSES[config.loss]
-    loss_params = {"bpreg": config.bpreg} if config.loss == "bpr-max" else {}
-    activation = final_activation(config)
+    loss_params = {"bpreg": scalars["bpreg"]} if config.loss == "bpr-max" else {}
+    activation = final_activation(config, scalars["elu_param"])
     sparse_update = sharding_lib.sharded_sparse_adagrad(
         mesh,
-        learning_rate=config.learning_rate,
-        momentum=config.momentum,
+        learning_rate=learning_rate,
+        momentum=momentum,
         strategy=config.table_update,
     )
     input_table = {"shared": "Wy", "separate": "E", "onehot": "Wx0"}[net.items.embedding]
@@ -184,7 +240,8 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
     candidates_axis = 0 if candidates_first else 1
     labels = jnp.arange(B) if integer_labels else losses_lib.gru4rec_labels(B, B + S)
     labels = labels.T if candidates_first and not integer_labels else labels
-    use_logq = config.loss == "cross-entropy" and config.logq > 0
+    logq = scalars["logq"]
+    use_logq = config.loss == "cross-entropy" and not (_is_constant(logq) and logq <= 0)
     n_items = net.items.n_items
     # Where the output table's update is the masked one (a catalogue within a
     # few times the rows a step touches), its gradient is taken table-shaped
@@ -207,7 +264,7 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
             scores, where = scores.T, where.T
         scores = activation(scores)
         if use_logq:
-            correction = sampling.logq_correction(log_support, columns, B, config.logq, config.sample_alpha)
+            correction = sampling.logq_correction(log_support, columns, B, logq, scalars["sample_alpha"])
             scores = scores - jnp.expand_dims(correction, 1 - candidates_axis)
         loss = loss_fn(scores, labels, where=where, reduce_fn=jnp.sum, axis=candidates_axis, **loss_params)
         # The reference divides by the nominal batch size, not the active lanes.
@@ -253,7 +310,7 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
             # need no guard: such a step touches no row.)
             layers, dense_opt = optimizer_lib.adagrad_momentum_step(
                 state.params["layers"], state.dense_opt, g_layers,
-                learning_rate=config.learning_rate, momentum=config.momentum, apply=any_active)
+                learning_rate=learning_rate, momentum=momentum, apply=any_active)
 
         # Rows of inactive lanes are not touched (index n = "no row"; n counts
         # a sharded table's padding rows too).
@@ -278,7 +335,7 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
                     if name == "Wy" and input_table == "Wy":
                         grads = grads.at[input_index].add(g_input, mode="drop")
                     new_tables[name], new_acc[name], new_vel[name] = optimizer_lib.masked_adagrad_momentum_update(
-                        *old, grads, index, learning_rate=config.learning_rate, momentum=config.momentum)
+                        *old, grads, index, learning_rate=learning_rate, momentum=momentum)
                 elif workspace is None:
                     new_tables[name], new_acc[name], new_vel[name] = sparse_update(*old, index, row_grads)
                 else:
@@ -331,17 +388,7 @@ def make_train_chunk(model_config: networks.AnyModelConfig, config: TrainConfig,
         )
         return state, hidden, (loss_sum, n_steps, n_events)
 
-    if mesh is None:
-        return jax.jit(train_chunk, donate_argnums=(0, 1))
-    # Outputs keep the inputs' shardings, so one compiled chunk serves every call.
-    state_shape = jax.eval_shape(lambda: init_train_state(jax.random.PRNGKey(0), model_config))
-    hidden_shape = jax.eval_shape(lambda: net.zero_carry(B))
-    out_shardings = (
-        sharding_lib.state_shardings(state_shape, mesh),
-        jax.tree.map(lambda x: sharding_lib.lane_sharding(mesh, x.ndim, 0), hidden_shape),
-        sharding_lib.replicated(mesh),
-    )
-    return jax.jit(train_chunk, donate_argnums=(0, 1), out_shardings=out_shardings)
+    return train_chunk
 
 
 # Losses of the training step that take each lane's positive as an index.
@@ -488,6 +535,59 @@ class _Progress:
             self.stream.flush()
 
 
+def training_chunks(
+    sessions: Union[Sessions, UserSessions], net: networks.Network, config: TrainConfig,
+    schedule: Optional[Schedule] = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The training schedule in chunks, and every item's training event count.
+
+    Returns ``(chunks, support)``: the schedule's ``inputs``, ``targets``,
+    ``active`` and the network's flags as host arrays ``[n_chunks,
+    chunk_steps, B]`` (equal chunks of at most ``config.chunk_steps``, the
+    last padded), and :func:`sampling.item_support`. ``schedule`` (built from
+    the sessions by default) must be the one of ``sessions``.
+    """
+    if isinstance(sessions, UserSessions):
+        schedule = schedule or user_parallel_schedule(sessions, config.batch_size)
+        sessions = sessions.sessions
+    if schedule is None:
+        schedule = session_parallel_schedule(sessions, config.batch_size)
+    if schedule.n_steps == 0:
+        raise TrainingError("the training data has no session with 2 or more events")
+    chunk_steps = equal_chunk_steps(schedule.n_steps, config.chunk_steps)
+    arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
+    return pad_into_chunks(arrays, chunk_steps), sampling.item_support(sessions.items, net.items.n_items)
+
+
+def log_support_of(support: np.ndarray) -> jax.Array:
+    """The log-support that the logQ correction reads (items never seen count as seen once)."""
+    return jnp.asarray(np.log(np.maximum(support, 1.0)), jnp.float32)
+
+
+def run_epoch(train_chunk, state, hidden, chunk_at: Callable[[int], dict], n_chunks: int, args: tuple, epoch: int):
+    """One epoch: ``train_chunk(state, hidden, chunk_at(c), *args)`` for every chunk ``c``, with a
+    progress bar on a terminal.
+
+    Returns ``(state, (loss_sum, n_steps, n_events), seconds)``, the stats
+    summed over the chunks as float64 numpy values (of the chunk stats' shape:
+    one per member for a population).
+    """
+    stats = []
+    progress = _Progress()
+    t0 = time.perf_counter()
+    events_so_far = 0
+    for c in range(n_chunks):
+        state, hidden, chunk_stats = train_chunk(state, hidden, chunk_at(c), *args)
+        stats.append(chunk_stats)
+        if progress.enabled:
+            events_so_far += int(np.max(chunk_stats[2]))
+            progress.update(epoch + 1, c + 1, n_chunks, events_so_far, time.perf_counter() - t0)
+    sums = tuple(np.sum([np.asarray(s[i], np.float64) for s in stats], axis=0) for i in range(3))
+    seconds = time.perf_counter() - t0
+    progress.clear()
+    return state, sums, seconds
+
+
 def fit(
     sessions: Union[Sessions, UserSessions],
     model_config: networks.AnyModelConfig,
@@ -524,27 +624,16 @@ def fit(
             state = sharding_lib.pad_tables(state, n_items, mesh)
     elif state is None:
         state = init_train_state(init_key, model_config)
-    if isinstance(sessions, UserSessions):
-        schedule = schedule or user_parallel_schedule(sessions, config.batch_size)
-        sessions = sessions.sessions
-    if schedule is None:
-        schedule = session_parallel_schedule(sessions, config.batch_size)
-    if schedule.n_steps == 0:
-        raise TrainingError("the training data has no session with 2 or more events")
-    chunk_steps = equal_chunk_steps(schedule.n_steps, config.chunk_steps)
-    arrays = {name: getattr(schedule, name) for name in ("inputs", "targets", "active") + net.flags}
-    support = sampling.item_support(sessions.items, net.items.n_items)
+    host_chunks, support = training_chunks(sessions, net, config, schedule)
+    chunk_steps, n_chunks = host_chunks["inputs"].shape[1], host_chunks["inputs"].shape[0]
     sampler = sampling.alias_table(support, config.sample_alpha)
-    log_support = jnp.asarray(np.log(np.maximum(support, 1.0)), jnp.float32)
+    log_support = log_support_of(support)
     if mesh is None:
-        chunks = jax.device_put(pad_into_chunks(arrays, chunk_steps))
-        n_chunks = chunks["inputs"].shape[0]
+        chunks = jax.device_put(host_chunks)
         chunk_at = lambda c: jax.tree.map(lambda a: a[c], chunks)  # noqa: E731
         zero_carry = lambda: net.zero_carry(config.batch_size)  # noqa: E731
     else:
         # Every process builds the whole schedule; each copies only its own lanes to its devices.
-        host_chunks = pad_into_chunks(arrays, chunk_steps)
-        n_chunks = host_chunks["inputs"].shape[0]
         lanes = sharding_lib.lane_sharding(mesh, 2, 1)
         device_chunks = [
             {name: sharding_lib.put(a[c], lanes) for name, a in host_chunks.items()} for c in range(n_chunks)
@@ -564,22 +653,9 @@ def fit(
     log(f"compiled the training chunk ({chunk_steps} steps) in {time.perf_counter() - t0:.1f}s")
 
     history = []
-    progress = _Progress()
     for epoch in range(start_epoch, config.n_epochs):
-        hidden = zero_carry()
-        stats = []
-        t0 = time.perf_counter()
-        events_so_far = 0
-        for c in range(n_chunks):
-            chunk = chunk_at(c)
-            state, hidden, chunk_stats = train_chunk(state, hidden, chunk, run_key, sampler, log_support)
-            stats.append(chunk_stats)
-            if progress.enabled:
-                events_so_far += int(chunk_stats[2])
-                progress.update(epoch + 1, c + 1, n_chunks, events_so_far, time.perf_counter() - t0)
-        loss_sum, n_steps, n_events = (np.sum([float(s[i]) for s in stats]) for i in range(3))
-        seconds = time.perf_counter() - t0
-        progress.clear()
+        state, (loss_sum, n_steps, n_events), seconds = run_epoch(
+            train_chunk, state, zero_carry(), chunk_at, n_chunks, (run_key, sampler, log_support), epoch)
         epoch_stats = EpochStats(
             epoch=epoch + 1,
             loss=float(loss_sum / n_steps),
