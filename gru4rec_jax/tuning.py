@@ -55,7 +55,7 @@ import jax
 import numpy as np
 
 from gru4rec_jax import data as data_lib
-from gru4rec_jax import evaluation, experiment, hrnn, training, user_data
+from gru4rec_jax import evaluation, experiment, hrnn, population, training, user_data
 from gru4rec_jax.model import ModelConfig
 
 if TYPE_CHECKING:  # optuna is imported where it is used: the rest of the package does not need it
@@ -91,18 +91,11 @@ class TuneError(RuntimeError):
     """The study cannot go on; the message is one line."""
 
 
-# Scalars each member of a population has of its own, unless gru4rec_jax.population says otherwise
-# (its MEMBER_FIELDS are the source of truth once it exists: see member_fields()).
-_MEMBER_FIELDS = (
-    "learning_rate", "momentum", "dropout_p_embed", "dropout_p_hidden", "bpreg", "elu_param",
-    "sample_alpha", "logq", "dropout_p_hidden_usr", "dropout_p_init",
-)
-
 # The experiments.train flags a space may tune, and the value kind each takes: 'int' and 'float'
 # ranges (or categorical choices of those), 'choice' categorical only. Data, evaluation, device and
 # output flags are not hyperparameters, and all trials of a study read the same data.
 PARAM_KINDS = {
-    **{name: "float" for name in _MEMBER_FIELDS},
+    **{name: "float" for name in training.STEP_SCALARS},  # each member's own
     "layers": "int",  # an int is one layer of that size; categorical strings like "100,100" give more
     "user_layers": "int",
     "batch_size": "int",
@@ -118,19 +111,9 @@ PARAM_KINDS = {
 METRIC_KINDS = ("recall", "mrr", "ndcg", "coverage")  # all ranked higher-is-better
 
 
-def member_fields() -> tuple[str, ...]:
-    """TrainConfig fields that members of one population may differ in."""
-    try:
-        from gru4rec_jax import population
-
-        return tuple(population.MEMBER_FIELDS)
-    except (ImportError, AttributeError):
-        return _MEMBER_FIELDS
-
-
 def is_member_param(name: str) -> bool:
     """True for a per-member scalar, False for a shape shared by the population."""
-    return name in member_fields()
+    return name in population.MEMBER_FIELDS
 
 
 def parse_metric(name: str) -> tuple[str, int]:
@@ -361,16 +344,6 @@ def model_config_of(cfg: experiment.ExperimentConfig, n_items: int):
     return model_config
 
 
-def _population_api() -> tuple[Optional[Callable], Optional[Callable], Optional[Callable]]:
-    """(fit_population, check_population, evaluate_population), each None where this checkout lacks it."""
-    try:
-        from gru4rec_jax import population
-    except ImportError:
-        return None, None, None
-    return (getattr(population, "fit_population", None), getattr(population, "check_population", None),
-            getattr(evaluation, "evaluate_population", None))
-
-
 def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
@@ -388,59 +361,36 @@ def train_and_evaluate_members(
     on_member: Callable[[int, MemberResult], None] = lambda i, result: None,
     log: Callable[[str], None] = print,
 ) -> list[MemberResult]:
-    """Trains the members of one population on ``data.train`` and evaluates them on ``data.valid``.
+    """Trains the members of one population together on ``data.train`` and evaluates them on ``data.valid``.
 
     The configurations must share the network and the shape fields of
-    TrainConfig. With ``population.fit_population`` in this checkout the members
-    train together, as one stacked state; otherwise one after another with
-    ``training.fit`` and ``evaluation.evaluate``, which gives the same results
-    (a member trains exactly as a single run). ``on_member(i, result)`` is
-    called as each member's result is known. Returns one result per config.
+    TrainConfig (``population.check_population``); they train as one stacked
+    state (``population.fit_population``, each member as its single run would)
+    and are evaluated together (``evaluation.evaluate_population``). A member
+    whose loss diverged fails alone. ``on_member(i, result)`` is called for
+    each member in order. Returns one result per config.
     """
     model_config = model_config_of(configs[0], len(data.item_map))
     if any(model_config_of(c, len(data.item_map)) != model_config for c in configs[1:]):
         raise ValueError("the members of a population must share the network (layers, embedding, model)")
     train_configs = [c.train for c in configs]
+    population.check_population(train_configs)
     eval_kwargs = dict(cutoffs=tuple(cutoffs), mode=configs[0].eval.mode, batch_size=configs[0].eval.batch_size)
-    fit_population, check_population, evaluate_population = _population_api()
-    results: list[MemberResult] = []
-    if fit_population is None:
-        for i, train_config in enumerate(train_configs):
-            t0 = time.perf_counter()
-            try:
-                state, _ = training.fit(data.train, model_config, train_config, log=log)
-                metrics = evaluation.evaluate(state.params, model_config, data.valid, **eval_kwargs)
-                result = MemberResult(metrics=metrics, seconds=time.perf_counter() - t0)
-            except _TRIAL_FAILURES as error:
-                result = MemberResult(error=_first_line(error), seconds=time.perf_counter() - t0)
-            results.append(result)
-            on_member(i, result)
-        return results
-
-    if check_population is not None:
-        check_population(train_configs)
     t0 = time.perf_counter()
     try:
-        state, histories = fit_population(data.train, model_config, train_configs, log=log)
-        if evaluate_population is not None:
-            member_metrics = evaluate_population(state.params, model_config, data.valid, **eval_kwargs)
-        else:  # the members' parameters are stacked on a leading axis
-            member_metrics = [
-                evaluation.evaluate(jax.tree.map(lambda x, i=i: x[i], state.params), model_config, data.valid,
-                                    **eval_kwargs)
-                for i in range(len(train_configs))
-            ]
+        state, histories = population.fit_population(data.train, model_config, train_configs, log=log)
+        member_metrics = evaluation.evaluate_population(state.params, model_config, data.valid, **eval_kwargs)
     except _TRIAL_FAILURES as error:
         seconds = time.perf_counter() - t0
         results = [MemberResult(error=_first_line(error), seconds=seconds) for _ in train_configs]
     else:
         seconds = time.perf_counter() - t0
-        for history, metrics in zip(histories, member_metrics):
-            losses = [getattr(stats, "loss", 0.0) for stats in history]
-            if not all(math.isfinite(loss) for loss in losses):
-                results.append(MemberResult(error="non-finite training loss", seconds=seconds))
-            else:
-                results.append(MemberResult(metrics=dict(metrics), seconds=seconds))
+        results = [
+            MemberResult(metrics=dict(metrics), seconds=seconds)
+            if all(math.isfinite(stats.loss) for stats in history)
+            else MemberResult(error="non-finite training loss", seconds=seconds)
+            for history, metrics in zip(histories, member_metrics)
+        ]
     for i, result in enumerate(results):
         on_member(i, result)
     return results

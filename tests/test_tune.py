@@ -9,14 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
-import jax
-import jax.numpy as jnp
 import optuna
 import pytest
 
-import gru4rec_jax
 from gru4rec_jax import data, evaluation, experiment, synthetic, training, tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -424,10 +420,8 @@ def test_a_study_killed_with_sigkill_resumes_and_writes_its_outputs(study_files)
                           f"--metrics_out={metrics_out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     rerun = json.load(open(metrics_out))["mrr@20"]
-    if tuning._population_api()[0] is None:
-        assert rerun == best.value  # the members trained with training.fit, as experiments.train does
-    else:  # trained in a population: the same computation, compiled differently (rounding may differ)
-        assert abs(rerun - best.value) < 0.01
+    # Trained in a population: the same computation, compiled differently (rounding may differ).
+    assert abs(rerun - best.value) < 0.01
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -451,7 +445,7 @@ def test_bad_flags_and_spaces_are_one_line_errors(study_files, tmp_path, extra, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The member trainer: one after another without gru4rec_jax.population, together with it.
+# The member trainer: the members of a population trained together.
 
 
 def _member_configs(tmp_path):
@@ -468,48 +462,25 @@ def _member_configs(tmp_path):
     return tuning.load_study_data(base, paths[1], log=lambda line: None), configs
 
 
-def test_members_train_as_single_runs_with_or_without_the_population_trainer(tmp_path, monkeypatch):
+def test_members_train_as_their_single_runs_and_fail_alone(tmp_path):
     study_data, configs = _member_configs(tmp_path)
-    # No population module (the import fails, also where the package already holds it): one after another.
-    monkeypatch.setitem(sys.modules, "gru4rec_jax.population", None)
-    monkeypatch.delattr(gru4rec_jax, "population", raising=False)
+    # A third member diverges; the others must not notice.
+    configs.append(dataclasses.replace(configs[0], train=dataclasses.replace(configs[0].train, learning_rate=1e38)))
     reported = []
-    sequential = tuning.train_and_evaluate_members(study_data, configs, cutoffs=(5, 20), log=lambda line: None,
-                                                   on_member=lambda i, result: reported.append((i, result)))
-    assert [i for i, _ in reported] == [0, 1] and [r for _, r in reported] == sequential
-    # Each member's metrics are those of its own run.
-    model_config = tuning.model_config_of(configs[1], len(study_data.item_map))
-    state, _ = training.fit(study_data.train, model_config, configs[1].train, log=lambda line: None)
-    single = evaluation.evaluate(state.params, model_config, study_data.valid, cutoffs=(5, 20), batch_size=64)
-    assert sequential[1].metrics == single and sequential[0].metrics != single
-
-    # A stand-in population trainer (the members' states stacked on a leading axis): the runner passes it the
-    # members' configurations and reads each member's metrics back in order.
-    calls = []
-
-    def fit_population(sessions, model_config, train_configs, log):
-        calls.append(train_configs)
-        states = [training.fit(sessions, model_config, c, log=log)[0] for c in train_configs]
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[s.params for s in states])
-        losses = [[types.SimpleNamespace(loss=1.0)], [types.SimpleNamespace(loss=float("nan"))]]
-        return types.SimpleNamespace(params=stacked), losses
-
-    fake = types.SimpleNamespace(MEMBER_FIELDS=("learning_rate", "momentum"), fit_population=fit_population,
-                                 check_population=lambda configs: calls.append("checked"))
-    monkeypatch.setitem(sys.modules, "gru4rec_jax.population", fake)
-    monkeypatch.setattr(gru4rec_jax, "population", fake, raising=False)
-    together = tuning.train_and_evaluate_members(study_data, configs, cutoffs=(5, 20), log=lambda line: None)
-    assert calls == ["checked", [c.train for c in configs]]
-    assert together[0].metrics == sequential[0].metrics
-    assert together[1].metrics is None and together[1].error == "non-finite training loss"  # fails alone
-    assert tuning.is_member_param("momentum") and not tuning.is_member_param("dropout_p_hidden")  # its fields rule
-
-    def evaluate_population(params, model_config, sessions, **kwargs):
-        calls.append(kwargs)
-        return [{"mrr@20": 0.25}, {"mrr@20": 0.5}]
-
-    monkeypatch.setattr(evaluation, "evaluate_population", evaluate_population, raising=False)
-    calls.clear()
-    together = tuning.train_and_evaluate_members(study_data, configs, cutoffs=(5, 20), log=lambda line: None)
-    assert calls[-1] == dict(cutoffs=(5, 20), mode="conservative", batch_size=64)
-    assert together[0].metrics == {"mrr@20": 0.25}
+    together = tuning.train_and_evaluate_members(study_data, configs, cutoffs=(5, 20), log=lambda line: None,
+                                                 on_member=lambda i, result: reported.append((i, result)))
+    assert [i for i, _ in reported] == [0, 1, 2] and [r for _, r in reported] == together
+    assert together[2].metrics is None and together[2].error == "non-finite training loss"
+    # Each other member's metrics are those of its own single run (the population program is compiled
+    # differently, so its rounding may differ: a tolerance, and the two members must differ far more).
+    singles = []
+    for config in configs[:2]:
+        model_config = tuning.model_config_of(config, len(study_data.item_map))
+        state, _ = training.fit(study_data.train, model_config, config.train, log=lambda line: None)
+        singles.append(evaluation.evaluate(state.params, model_config, study_data.valid, cutoffs=(5, 20),
+                                           batch_size=64))
+    for result, single in zip(together, singles):
+        assert not result.error and set(result.metrics) == set(single)
+        assert all(abs(result.metrics[k] - single[k]) < 0.01 for k in single if k != "n_eval_events")
+    assert abs(singles[0]["mrr@20"] - singles[1]["mrr@20"]) > 0.03
+    assert tuning.is_member_param("momentum") and not tuning.is_member_param("layers")
