@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from gru4rec_jax import dwell, evaluation, hrnn, synthetic, training, user_data
 from gru4rec_jax import sharding as sharding_lib
 from gru4rec_jax.model import ModelConfig
 
-__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "run", "write_json_atomic"]
+__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "model_config_for", "run", "write_json_atomic"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +181,16 @@ def _replay_data(train_table, test_table, item_map, source) -> user_data.UserSes
     return user_data.build_user_sessions(combined, item_map, source=source)
 
 
+def model_config_for(cfg: ExperimentConfig, n_items: int) -> Union[ModelConfig, hrnn.HRNNConfig]:
+    """The network that ``cfg`` describes over a catalogue of ``n_items`` items (GRU4Rec's, or HRNN's)."""
+    model_config = ModelConfig(n_items=n_items, layers=cfg.layers, embedding=cfg.embedding,
+                               embedding_dim=cfg.embedding_dim, cell=cfg.cell)
+    if cfg.model == "hrnn":
+        return hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode,
+                               user_input=cfg.hrnn_user_input)
+    return model_config
+
+
 def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     """Trains (or restores, or resumes) and evaluates; returns the metrics dict.
 
@@ -250,13 +260,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
             log("resuming with the checkpoint's hyperparameters")
     else:
         item_map = data_lib.ItemMap.from_training(train_table.items)
-        model_config = ModelConfig(
-            n_items=len(item_map), layers=cfg.layers,
-            embedding=cfg.embedding, embedding_dim=cfg.embedding_dim, cell=cfg.cell,
-        )
-        if model_name == "hrnn":
-            model_config = hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode,
-                                           user_input=cfg.hrnn_user_input)
+        model_config = model_config_for(cfg, len(item_map))
         train_config, state, start_epoch, epoch_losses = cfg.train, None, 0, []
 
     metrics: dict = {}

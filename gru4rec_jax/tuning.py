@@ -55,8 +55,7 @@ import jax
 import numpy as np
 
 from gru4rec_jax import data as data_lib
-from gru4rec_jax import evaluation, experiment, hrnn, population, training, user_data
-from gru4rec_jax.model import ModelConfig
+from gru4rec_jax import evaluation, experiment, population, training, user_data
 
 if TYPE_CHECKING:  # optuna is imported where it is used: the rest of the package does not need it
     import optuna
@@ -335,15 +334,6 @@ def load_study_data(cfg: experiment.ExperimentConfig, valid_path: str,
     return StudyData(item_map=item_map, train=train, valid=valid)
 
 
-def model_config_of(cfg: experiment.ExperimentConfig, n_items: int):
-    """The network of an experiment configuration, as ``experiment.run`` builds it."""
-    model_config = ModelConfig(n_items=n_items, layers=cfg.layers, embedding=cfg.embedding,
-                               embedding_dim=cfg.embedding_dim, cell=cfg.cell)
-    if cfg.model == "hrnn":
-        return hrnn.HRNNConfig(session=model_config, user_layers=cfg.user_layers, mode=cfg.hrnn_mode)
-    return model_config
-
-
 def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
@@ -370,8 +360,8 @@ def train_and_evaluate_members(
     whose loss diverged fails alone. ``on_member(i, result)`` is called for
     each member in order. Returns one result per config.
     """
-    model_config = model_config_of(configs[0], len(data.item_map))
-    if any(model_config_of(c, len(data.item_map)) != model_config for c in configs[1:]):
+    model_config = experiment.model_config_for(configs[0], len(data.item_map))
+    if any(experiment.model_config_for(c, len(data.item_map)) != model_config for c in configs[1:]):
         raise ValueError("the members of a population must share the network (layers, embedding, model)")
     train_configs = [c.train for c in configs]
     population.check_population(train_configs)

@@ -1,11 +1,13 @@
 """Hyperparameter search: spaces, populations, resuming (also after SIGKILL), outputs and the CLI."""
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -336,6 +338,18 @@ def _trials(storage, name):
     return sorted(optuna.load_study(study_name=name, storage=storage).get_trials(), key=lambda t: t.number)
 
 
+def _trial_states_read_only(path):
+    """The trials' states in an optuna SQLite file, read without creating anything (optuna's own
+    loader would create the schema, racing the process that is creating it)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            return [state for (state,) in db.execute("SELECT state FROM trials")]
+    except sqlite3.Error:  # no trials table yet, or the database is busy
+        return []
+
+
 def test_a_study_killed_with_sigkill_resumes_and_writes_its_outputs(study_files):
     storage = f"sqlite:///{study_files['out']}/study.db"
     command = _tune_command(study_files, "--n_trials=3", "--population=2", "--study_name=kill",
@@ -345,13 +359,8 @@ def test_a_study_killed_with_sigkill_resumes_and_writes_its_outputs(study_files)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and child.poll() is None:
             time.sleep(0.2)
-            if not os.path.exists(f"{study_files['out']}/study.db"):
-                continue
-            try:
-                states = [t.state for t in _trials(storage, "kill")]
-            except Exception:  # the study is not created yet, or the database is busy
-                continue
-            if COMPLETE in states and RUNNING in states:
+            states = _trial_states_read_only(f"{study_files['out']}/study.db")
+            if "COMPLETE" in states and "RUNNING" in states:
                 break
         child.send_signal(signal.SIGKILL)
     finally:
@@ -475,7 +484,7 @@ def test_members_train_as_their_single_runs_and_fail_alone(tmp_path):
     # differently, so its rounding may differ: a tolerance, and the two members must differ far more).
     singles = []
     for config in configs[:2]:
-        model_config = tuning.model_config_of(config, len(study_data.item_map))
+        model_config = experiment.model_config_for(config, len(study_data.item_map))
         state, _ = training.fit(study_data.train, model_config, config.train, log=lambda line: None)
         singles.append(evaluation.evaluate(state.params, model_config, study_data.valid, cutoffs=(5, 20),
                                            batch_size=64))
