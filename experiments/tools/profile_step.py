@@ -1,6 +1,6 @@
 r"""Where the time of one training step goes, per compiled operation.
 
-    python -m experiments.profile_step --config=rsc15_xe --items=3000
+    python -m experiments.tools.profile_step --config=rsc15_xe --items=3000
 
 Runs ``--steps`` training steps of a benchmark configuration under
 ``jax.profiler``, then prints the device time per step of each XLA operation

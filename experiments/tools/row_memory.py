@@ -1,6 +1,6 @@
 r"""What the row-sparse table update's memory accesses cost by themselves, per catalogue size.
 
-    python -m experiments.row_memory --items=3000,1000000
+    python -m experiments.tools.row_memory --items=3000,1000000
 
 The training step's row update (``optimizer.sparse_adagrad_momentum_update``)
 reads the touched rows of three (n, h) tables, the item table, its Adagrad
