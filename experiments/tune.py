@@ -98,7 +98,9 @@ def _check_flags() -> None:
 
 def run() -> dict:
     _check_flags()
-    metric, (_, cutoff) = FLAGS.metric, tuning.parse_metric(FLAGS.metric)
+    metric, (kind, cutoff) = FLAGS.metric, tuning.parse_metric(FLAGS.metric)
+    if kind == "coverage":  # the evaluation lists the top-K items only when asked
+        FLAGS.item_coverage = True
     space = tuning.load_space(FLAGS.space)
     if not FLAGS.tune_shapes:
         kept = {name: p for name, p in space.items() if tuning.is_member_param(name)}

@@ -365,7 +365,8 @@ def train_and_evaluate_members(
         raise ValueError("the members of a population must share the network (layers, embedding, model)")
     train_configs = [c.train for c in configs]
     population.check_population(train_configs)
-    eval_kwargs = dict(cutoffs=tuple(cutoffs), mode=configs[0].eval.mode, batch_size=configs[0].eval.batch_size)
+    eval_kwargs = dict(cutoffs=tuple(cutoffs), mode=configs[0].eval.mode, batch_size=configs[0].eval.batch_size,
+                       item_coverage=configs[0].eval.item_coverage)
     t0 = time.perf_counter()
     try:
         state, histories = population.fit_population(data.train, model_config, train_configs, log=log)

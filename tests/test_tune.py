@@ -433,6 +433,14 @@ def test_a_study_killed_with_sigkill_resumes_and_writes_its_outputs(study_files)
     assert abs(rerun - best.value) < 0.01
 
 
+def test_a_coverage_metric_turns_the_item_coverage_on(study_files):
+    done = subprocess.run(_tune_command(study_files, "--n_trials=1", "--population=1", "--metric=coverage@5"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    best = json.load(open(f"{study_files['out']}/summary.json"))["best"]
+    assert 0.0 < best["value"] <= 1.0 and best["value"] == best["metrics"]["coverage@5"]
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--population=0"], "error: --population must be >= 1, got 0"),
     (["--n_trials=0"], "error: --n_trials must be >= 1, got 0"),
@@ -492,4 +500,9 @@ def test_members_train_as_their_single_runs_and_fail_alone(tmp_path):
         assert not result.error and set(result.metrics) == set(single)
         assert all(abs(result.metrics[k] - single[k]) < 0.01 for k in single if k != "n_eval_events")
     assert abs(singles[0]["mrr@20"] - singles[1]["mrr@20"]) > 0.03
+    # Item coverage, when the configurations ask for it (experiments.tune does for --metric=coverage@K).
+    covered = [dataclasses.replace(c, eval=dataclasses.replace(c.eval, item_coverage=True)) for c in configs[:2]]
+    with_coverage = tuning.train_and_evaluate_members(study_data, covered, cutoffs=(5, 20), log=lambda line: None)
+    assert all(0.0 < r.metrics["coverage@20"] <= 1.0 for r in with_coverage)
+    assert all("coverage@20" not in r.metrics for r in together[:2])
     assert tuning.is_member_param("momentum") and not tuning.is_member_param("layers")
