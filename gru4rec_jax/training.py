@@ -288,7 +288,7 @@ def train_chunk_function(
             # Samples are columns of every real step; a padding step touches no row.
             column_valid = jnp.concatenate([active, jnp.broadcast_to(jnp.any(active), (S,))])
         tables = state.params["tables"]
-        # Named scopes label the profile of experiments/profile_step.py.
+        # Named scopes label the profile of experiments/tools/profile_step.py.
         with jax.named_scope("gather_rows"):
             input_rows = sharding_lib.gather_rows(tables[input_table], inputs, mesh)
             if dense_output_grads:

@@ -1,4 +1,4 @@
-"""experiments.benchmark and experiments.profile_step end to end on tiny shapes."""
+"""experiments.benchmark and experiments.tools.profile_step end to end on tiny shapes."""
 
 import json
 import os
@@ -52,7 +52,7 @@ def test_benchmark_rejects_bad_flags_in_one_line(args, message):
 
 @pytest.mark.host_process
 def test_profile_step_lists_the_step_and_the_work_outside_it():
-    ran = subprocess.run([sys.executable, "-m", "experiments.profile_step", "--config=rsc15_xe", "--items=60",
+    ran = subprocess.run([sys.executable, "-m", "experiments.tools.profile_step", "--config=rsc15_xe", "--items=60",
                           "--steps=8", "--top=4"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr[-3000:]
     lines = ran.stdout.splitlines()
@@ -69,7 +69,7 @@ def test_profile_step_lists_the_step_and_the_work_outside_it():
 
 
 def _row_memory(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.row_memory", *args],
+    return subprocess.run([sys.executable, "-m", "experiments.tools.row_memory", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
