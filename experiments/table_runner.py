@@ -205,6 +205,9 @@ def check_orderings(table: Table, means: dict) -> list[dict]:
     return checks
 
 
+RUN_PROVENANCE = ("date", "machine", "version")
+
+
 def _machine() -> str:
     import jax
 
@@ -352,12 +355,16 @@ def reproduce(
     previous, previous_rows = {}, {}
     if os.path.exists(json_path):
         with open(json_path) as f:
-            previous_rows = {r["key"]: r for r in json.load(f).get("rows", [])}
+            previous_report = json.load(f)
+        previous_rows = {r["key"]: r for r in previous_report.get("rows", [])}
         previous = {(r["key"], run["seed"], run["command"], run.get("flagfile_digest", "")): run
                     for r in previous_rows.values() for run in r["runs"]}
+        for run in previous.values():  # files written before runs carried their own provenance
+            for field in RUN_PROVENANCE:
+                run.setdefault(field, previous_report.get(field, "unknown"))
+    provenance = dict(date=datetime.date.today().isoformat(), machine=_machine(), version=_version())
     report = dict(
-        table=table.name, title=table.title, command=command, date=datetime.date.today().isoformat(),
-        machine=_machine(), version=_version(), train_path=train_path, test_path=test_path,
+        table=table.name, title=table.title, command=command, **provenance, train_path=train_path, test_path=test_path,
         seeds=list(seeds), cutoff=table.cutoff, rows=[], orderings=[],
         tune=None if tune is None else dict(dataclasses.asdict(tune), metric=tune.metric or f"mrr@{table.cutoff}"),
     )
@@ -407,7 +414,8 @@ def reproduce(
             else:
                 metrics = run_gru_row(run_row, seed, paths, train_flags, log_dir)
             seconds = time.perf_counter() - t0
-            entry["runs"].append(dict(seed=seed, command=shown, flagfile_digest=digest, seconds=seconds, metrics=metrics))
+            entry["runs"].append(dict(seed=seed, command=shown, flagfile_digest=digest, seconds=seconds, metrics=metrics,
+                                      **provenance))
             k = table.cutoff
             log(f"{prefix}: R@{k} {metrics[f'recall@{k}']:.4f}  MRR@{k} {metrics[f'mrr@{k}']:.4f}  ({seconds:.0f} s)")
             _summarise(report, table)
@@ -427,6 +435,12 @@ def reproduce(
 
 
 def _summarise(report: dict, table: Table) -> None:
+    runs = [run for entry in report["rows"] for run in entry["runs"]]
+    if runs:  # the table is as old as its runs: a rerun that reuses them all changes no date or version
+        dates = sorted({run["date"] for run in runs})
+        report["date"] = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+        for field in ("version", "machine"):
+            report[field] = "; ".join(sorted({run[field] for run in runs}))
     means = {}
     for entry in report["rows"]:
         if not entry["runs"]:

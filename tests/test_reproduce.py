@@ -92,14 +92,27 @@ def test_reproduce_writes_the_table_and_reuses_runs(tmp_path, tsv_paths):
     again = table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
     assert sum("reused" in line for line in lines) == 4
     assert again["rows"] == report["rows"]
+    # A table whose runs are all reused keeps their date, machine and version, also from a file written
+    # before runs carried their own (they inherit the file's).
+    old = json.loads((out / "tiny.json").read_text())
+    old.update(date="2000-01-01", version="0000000", machine="an old machine")
+    for entry in old["rows"]:
+        for run in entry["runs"]:
+            for field in ("date", "version", "machine"):
+                del run[field]
+    (out / "tiny.json").write_text(json.dumps(old))
+    again = table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    assert (again["date"], again["version"], again["machine"]) == ("2000-01-01", "0000000", "an old machine")
+    assert "Measured 2000-01-01 on a an old machine, gru4rec-jax 0000000." in (out / "tiny.md").read_text()
     # Editing a row's flag file (here, one it includes) makes that row run again.
     included = tmp_path / "included.cfg"
     included.write_text("--n_epochs=1\n")
     with open(table.row("gru").flagfile, "a") as f:
         f.write(f"--flagfile={included}\n")
     lines.clear()
-    table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
+    mixed = table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
     assert sum("reused" in line for line in lines) == 2  # the two baselines
+    assert mixed["date"] == f"2000-01-01 to {report['date']}" and mixed["version"] == f"0000000; {report['version']}"
     lines.clear()
     included.write_text("--n_epochs=2\n")
     table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), out_dir=str(out), log=lines.append)
@@ -110,7 +123,8 @@ def test_reproduce_writes_the_table_and_reuses_runs(tmp_path, tsv_paths):
     partial = table_runner.reproduce(table, *tsv_paths, seeds=(0, 1), rows=["pop"], out_dir=str(out),
                                      rerun=True, log=lines.append)
     assert not any("reused" in line for line in lines) and len(lines) == 3  # running, result, wrote
-    assert partial["rows"][1] == report["rows"][1] and len(partial["rows"][2]["runs"]) == 2
+    assert partial["rows"][1]["runs"][0]["metrics"] == report["rows"][1]["runs"][0]["metrics"]
+    assert len(partial["rows"][2]["runs"]) == 2
     assert [r["key"] for r in json.loads((out / "tiny.json").read_text())["rows"] if r["runs"]] == ["pop", "spop", "gru"]
 
 
